@@ -1,0 +1,1 @@
+"""Switchboard services: the CLI, the embedded stack, ingress and worker roles."""

@@ -1,0 +1,145 @@
+"""The ``switchboard`` command: one entry point for operators."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from shared.errors import SwitchboardError
+from shared.ops import configure_logging
+from shared.settings import Settings, get_settings
+
+
+def _parse_instances(values: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for value in values:
+        role, sep, count = value.partition("=")
+        if not sep or not count.isdigit() or int(count) < 0:
+            raise SwitchboardError(f"--instances expects ROLE=N, got {value!r}")
+        out[role] = int(count)
+    return out
+
+
+def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from services.stack.up import run_up
+
+    return asyncio.run(run_up(settings, data_dir=Path(args.data_dir), port=args.port,
+                              instances=_parse_instances(args.instances)))
+
+
+def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.db.migrations import MigrationRunner
+
+    runner = MigrationRunner(settings.require_database_url(), settings.sql_dir)
+
+    async def go() -> None:
+        if args.status:
+            applied = await runner.applied()
+            print(f"applied: {sorted(applied)}; latest available: {runner.latest}")
+        elif args.down_to is not None:
+            print(f"reverted: {await runner.down(args.down_to)}")
+        else:
+            print(f"applied: {await runner.up(args.to)}")
+
+    asyncio.run(go())
+    return 0
+
+
+def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.events import Topics
+    from shared.kafka import ensure_topics
+
+    created = asyncio.run(ensure_topics(
+        settings.require_kafka(), Topics(settings.topic_prefix).all(),
+        partitions=settings.topic_partitions,
+        replication_factor=settings.topic_replication_factor,
+    ))
+    print(f"created: {created}")
+    return 0
+
+
+def _cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.events import schema_export
+
+    if args.action == "check":
+        drift = schema_export.drift()
+        if drift:
+            print(f"schemas/ is out of date: {', '.join(drift)}; run `switchboard schemas "
+                  "generate`", file=sys.stderr)
+            return 1
+        print("schemas/ matches the event models")
+        return 0
+    for path in schema_export.write():
+        print(path)
+    return 0
+
+
+def _cmd_ingress(args: argparse.Namespace, settings: Settings) -> int:
+    from services.ingress.app import run
+
+    run(settings, host=args.host or settings.http_host, port=args.port or settings.http_port)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from services.workers import ROLES
+
+    if args.role not in ROLES:
+        known = ", ".join(sorted(ROLES)) or "none yet"
+        raise SwitchboardError(f"unknown worker role {args.role!r} (available: {known})")
+    ROLES[args.role](settings)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchboard", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole gateway in the foreground")
+    up.add_argument("--data-dir", default=".data", help="keeps the database between runs")
+    up.add_argument("--port", type=int, default=8080, help="HTTP port of the ingress")
+    up.add_argument("--instances", action="append", default=[], metavar="ROLE=N",
+                    help="members per worker role (default 1 each)")
+    up.set_defaults(func=_cmd_up)
+
+    migrate = sub.add_parser("migrate", help="apply (or revert) database migrations")
+    migrate.add_argument("--to", type=int, default=None, help="apply up to this version")
+    migrate.add_argument("--down-to", type=int, default=None, help="revert down to this version")
+    migrate.add_argument("--status", action="store_true", help="show applied versions")
+    migrate.set_defaults(func=_cmd_migrate)
+
+    topics = sub.add_parser("topics", help="create the default topics if missing")
+    topics.set_defaults(func=_cmd_topics)
+
+    schemas = sub.add_parser("schemas", help="JSON Schema files generated from the event models")
+    schemas.add_argument("action", choices=["generate", "check"])
+    schemas.set_defaults(func=_cmd_schemas)
+
+    ingress = sub.add_parser("ingress", help="run the webhook ingress")
+    ingress.add_argument("--host", default=None)
+    ingress.add_argument("--port", type=int, default=None)
+    ingress.set_defaults(func=_cmd_ingress)
+
+    worker = sub.add_parser("worker", help="run one member of a worker role's consumer group")
+    worker.add_argument("role")
+    worker.set_defaults(func=_cmd_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+        configure_logging(settings.log_level)
+        return int(args.func(args, settings))
+    except SwitchboardError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Switchboard's common package: settings, the event contract, database and Kafka helpers."""

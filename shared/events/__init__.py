@@ -1,0 +1,50 @@
+"""The event contract: models, wire codec and topic names."""
+
+from shared.events.codec import UndecodableEvent, decode, decode_as, encode
+from shared.events.models import (
+    CHANNELS,
+    EVENT_MODELS,
+    STATUS_RANK,
+    AnyEvent,
+    Attachment,
+    AuditEvent,
+    Channel,
+    DeadLetter,
+    Envelope,
+    MessageInbound,
+    MessageOutbound,
+    MessageStatus,
+    QuickReply,
+    RecoveryEvent,
+    StatusError,
+    conversation_partition_key,
+    derive_event_id,
+    utcnow,
+)
+from shared.events.topics import Topics
+
+__all__ = [
+    "CHANNELS",
+    "EVENT_MODELS",
+    "STATUS_RANK",
+    "AnyEvent",
+    "Attachment",
+    "AuditEvent",
+    "Channel",
+    "DeadLetter",
+    "Envelope",
+    "MessageInbound",
+    "MessageOutbound",
+    "MessageStatus",
+    "QuickReply",
+    "RecoveryEvent",
+    "StatusError",
+    "Topics",
+    "UndecodableEvent",
+    "conversation_partition_key",
+    "decode",
+    "decode_as",
+    "derive_event_id",
+    "encode",
+    "utcnow",
+]

@@ -1,0 +1,89 @@
+"""Typed settings, read once from the environment.
+
+Project settings use the ``SWITCHBOARD_`` prefix; ``DATABASE_URL`` and
+``KAFKA_BOOTSTRAP_SERVERS`` keep their conventional names.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigurationError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Everything a Switchboard process needs to know about its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHBOARD_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "SWITCHBOARD_DATABASE_URL")
+    )
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "SWITCHBOARD_KAFKA_BOOTSTRAP"),
+    )
+    kafka_idempotent_producer: bool = Field(
+        default=True,
+        description="On for real Kafka; `up` turns it off for the embedded broker (no InitProducerId).",
+    )
+    kafka_client_id: str = "switchboard"
+    topic_prefix: str = "sb."
+    topic_partitions: int = Field(default=6, ge=1, le=1024)
+    topic_replication_factor: int = Field(default=1, ge=1, le=16)
+    data_dir: Path = Path(".data")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    db_pool_min: int = Field(default=1, ge=0)
+    db_pool_max: int = Field(default=10, ge=1)
+    sql_dir: Path = REPO_ROOT / "sql"
+    partitions_months_ahead: int = Field(default=3, ge=0, le=36)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    shutdown_timeout_s: float = Field(default=15.0, gt=0)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_topic_safe(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError("topic prefix may only hold letters, digits, '.', '_' and '-'")
+        return value
+
+    def require_database_url(self) -> str:
+        """The database URL, or a start-up error that names the variable."""
+        if not self.database_url:
+            raise ConfigurationError("DATABASE_URL is not set (or run `switchboard up`)")
+        return self.database_url
+
+    def require_kafka(self) -> str:
+        """The bootstrap servers, or a start-up error that names the variable."""
+        if not self.kafka_bootstrap_servers:
+            raise ConfigurationError("KAFKA_BOOTSTRAP_SERVERS is not set (or run `switchboard up`)")
+        return self.kafka_bootstrap_servers
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, turning validation failures into one clear ConfigurationError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()
