@@ -76,11 +76,14 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = "; ".join(f"{_env_name(err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigurationError(f"invalid settings: {problems}") from None
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    """The environment variable behind a validation error's location."""
+    name = str(loc[0]) if loc else "settings"
+    return name if name.isupper() else f"SWITCHBOARD_{name.upper()}"
 
 
 @lru_cache(maxsize=1)

@@ -5,6 +5,7 @@ Tansu keeps everything in memory: topics are recreated at every start.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 from dataclasses import dataclass
@@ -57,6 +58,10 @@ class EmbeddedBroker:
 
     async def _metadata(self) -> None:
         from aiokafka.admin import AIOKafkaAdminClient
+
+        _, writer = await asyncio.open_connection("127.0.0.1", self.port)  # listening yet?
+        writer.close()
+        await writer.wait_closed()
 
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers,
                                     request_timeout_ms=3000)

