@@ -68,17 +68,36 @@ BEGIN
                 USING HINT = format('ALTER ROLE %I NOSUPERUSER NOBYPASSRLS', r);
         END IF;
 
-        -- The migrator joins both roles so it can SET ROLE to them (CLI, tests).
-        -- 'USAGE' rather than 'MEMBER': since PostgreSQL 16 a CREATEROLE role is
-        -- implicitly a member (ADMIN OPTION only, no INHERIT/SET) of the roles it
-        -- creates, which 'MEMBER' would wrongly count. Superusers always pass.
-        IF NOT pg_has_role(current_user, r, 'USAGE') THEN
+        -- The migrator may SET ROLE to both roles (CLI, tests) but does not
+        -- inherit them: with FORCE ROW LEVEL SECURITY the table owner then sees
+        -- no rows until it sets a tenant or assumes a role, and the worker_all
+        -- policy never applies to it implicitly.
+        -- The check is 'SET', not 'MEMBER': since PostgreSQL 16 a CREATEROLE role
+        -- is implicitly a member (ADMIN OPTION only, no INHERIT/SET) of the roles
+        -- it creates, which 'MEMBER' would count. Superusers always pass.
+        IF current_setting('server_version_num')::int >= 160000 THEN
+            IF NOT pg_has_role(current_user, r, 'SET') THEN
+                BEGIN
+                    EXECUTE format('GRANT %I TO %I WITH INHERIT FALSE, SET TRUE', r, current_user);
+                EXCEPTION WHEN insufficient_privilege THEN
+                    -- The role exists but was created by someone else (roles are
+                    -- shared by every database of the cluster). Nothing below needs
+                    -- the membership, so warn instead of failing.
+                    RAISE WARNING 'could not grant % to %: a superuser should run GRANT % TO % WITH INHERIT FALSE, SET TRUE',
+                        r, current_user, r, current_user;
+                END;
+            END IF;
+            IF r = 'switchboard_worker'
+               AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+               AND pg_has_role(current_user, r, 'USAGE') THEN
+                RAISE WARNING '% inherits switchboard_worker, so row-level security does not restrict it', current_user
+                    USING HINT = format('GRANT switchboard_worker TO %I WITH INHERIT FALSE', current_user);
+            END IF;
+        ELSIF NOT pg_has_role(current_user, r, 'MEMBER') THEN
+            -- Before PostgreSQL 16 membership cannot be SET-only.
             BEGIN
                 EXECUTE format('GRANT %I TO %I', r, current_user);
             EXCEPTION WHEN insufficient_privilege THEN
-                -- The role exists but was created by someone else (roles are shared
-                -- by every database of the cluster). Nothing below needs the
-                -- membership, so warn instead of failing.
                 RAISE WARNING 'could not grant % to %: a superuser should run GRANT % TO %',
                     r, current_user, r, current_user;
             END;
@@ -132,7 +151,7 @@ COMMENT ON FUNCTION sb_touch_updated_at() IS
 --      that range until the new partition is attached; CREATE/ATTACH would take
 --      the same lock anyway),
 --   2. creates a standalone table LIKE the parent with a CHECK constraint that
---      proves the month's bounds,
+--      proves the month's bounds and copies of the parent's foreign keys,
 --   3. moves the rows in ONE statement (INSERT ... SELECT FROM (DELETE ...
 --      RETURNING)), so they are either all moved or the statement fails,
 --   4. attaches it as the month's partition (indexes, constraints and row
@@ -174,6 +193,7 @@ DECLARE
     v_moved      bigint;
     v_guc_before text;
     v_created    int := 0;
+    v_fk         record;
 BEGIN
     IF parent IS NULL THEN
         RAISE EXCEPTION 'sb_ensure_partitions: parent must not be NULL';
@@ -274,6 +294,22 @@ BEGIN
             -- Proves the bounds: guards the move and lets ATTACH skip its scan.
             EXECUTE format('ALTER TABLE %I.%I ADD CONSTRAINT %I CHECK (%I IS NOT NULL AND %s)',
                            v_schema, v_name, v_name || '_bound', v_keycol, v_range);
+            -- Copy the parent's foreign keys while the table is still empty.
+            -- ATTACH then adopts them instead of validating new ones: that
+            -- validation runs as the current user, and when it is the
+            -- (non-superuser) table owner, FORCE ROW LEVEL SECURITY on the
+            -- referenced table hides every row and the check fails. The rows
+            -- moved below are checked by the ordinary per-row FK triggers,
+            -- which are exempt from RLS.
+            FOR v_fk IN
+                SELECT conname, pg_get_constraintdef(oid) AS def
+                  FROM pg_constraint
+                 WHERE conrelid = parent AND contype = 'f'
+                 ORDER BY conname
+            LOOP
+                EXECUTE format('ALTER TABLE %I.%I ADD CONSTRAINT %I %s',
+                               v_schema, v_name, v_fk.conname, v_fk.def);
+            END LOOP;
 
             -- Append-only tables (audit_logs) refuse DELETE unless this
             -- transaction-local setting is on; see sb_audit_logs_append_only().

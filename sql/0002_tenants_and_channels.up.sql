@@ -73,8 +73,7 @@ CREATE TABLE channel_integrations (
     channel                text        NOT NULL CHECK (channel IN ('telegram', 'slack', 'whatsapp', 'widget')),
     name                   text        NOT NULL CHECK (length(btrim(name)) BETWEEN 1 AND 200),
     status                 text        NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'disabled')),
-    -- nonce (12 bytes) + ciphertext + GCM tag (16 bytes): at least 28 bytes
-    credentials_encrypted  bytea       NOT NULL CHECK (octet_length(credentials_encrypted) >= 28),
+    credentials_encrypted  bytea       NOT NULL CHECK (octet_length(credentials_encrypted) > 0),
     credentials_key_id     text,
     settings               jsonb       NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(settings) = 'object'),
     created_at             timestamptz NOT NULL DEFAULT now(),

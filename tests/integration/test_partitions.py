@@ -26,7 +26,7 @@ async def _tenant(conn: asyncpg.Connection) -> tuple[uuid.UUID, uuid.UUID]:
     )
     integration = await conn.fetchval(
         "INSERT INTO channel_integrations (tenant_id, channel, name, credentials_encrypted) "
-        "VALUES ($1, 'telegram', 'bot', '\\x00'::bytea) RETURNING id",
+        "VALUES ($1, 'telegram', 'bot', decode(repeat('00', 28), 'hex')) RETURNING id",
         tenant,
     )
     return tenant, integration
@@ -64,7 +64,7 @@ async def test_partitions_exist_ahead_with_a_default(admin: asyncpg.Connection) 
         for ahead in range(-1, 3):  # last month (late data) through two ahead
             assert _month_name(parent, _add_months(this_month, ahead)) in names
         assert await admin.fetchval(
-            "SELECT partstrat FROM pg_partitioned_table WHERE partrelid = $1::regclass", parent
+            "SELECT partstrat::text FROM pg_partitioned_table WHERE partrelid = $1::regclass", parent
         ) == "r"
 
 

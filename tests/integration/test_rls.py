@@ -25,7 +25,7 @@ async def two_tenants(db_url: str) -> tuple[uuid.UUID, uuid.UUID]:
             )
             integration = await conn.fetchval(
                 "INSERT INTO channel_integrations (tenant_id, channel, name, "
-                "credentials_encrypted) VALUES ($1, 'slack', 'ws', '\\x01') RETURNING id",
+                "credentials_encrypted) VALUES ($1, 'slack', 'ws', decode(repeat('00', 28), 'hex')) RETURNING id",
                 tenant,
             )
             await conn.execute(
