@@ -25,8 +25,14 @@ def _parse_instances(values: list[str]) -> dict[str, int]:
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from services.stack.up import run_up
 
-    return asyncio.run(run_up(settings, data_dir=Path(args.data_dir), port=args.port,
-                              instances=_parse_instances(args.instances)))
+    return asyncio.run(
+        run_up(
+            settings,
+            data_dir=Path(args.data_dir),
+            port=args.port,
+            instances=_parse_instances(args.instances),
+        )
+    )
 
 
 def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -51,11 +57,14 @@ def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     from shared.events import Topics
     from shared.kafka import ensure_topics
 
-    created = asyncio.run(ensure_topics(
-        settings.require_kafka(), Topics(settings.topic_prefix).all(),
-        partitions=settings.topic_partitions,
-        replication_factor=settings.topic_replication_factor,
-    ))
+    created = asyncio.run(
+        ensure_topics(
+            settings.require_kafka(),
+            Topics(settings.topic_prefix).all(),
+            partitions=settings.topic_partitions,
+            replication_factor=settings.topic_replication_factor,
+        )
+    )
     print(f"created: {created}")
     return 0
 
@@ -66,8 +75,10 @@ def _cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "check":
         drift = schema_export.drift()
         if drift:
-            print(f"schemas/ is out of date: {', '.join(drift)}; run `switchboard schemas "
-                  "generate`", file=sys.stderr)
+            print(
+                f"schemas/ is out of date: {', '.join(drift)}; run `switchboard schemas generate`",
+                file=sys.stderr,
+            )
             return 1
         print("schemas/ matches the event models")
         return 0
@@ -100,8 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the whole gateway in the foreground")
     up.add_argument("--data-dir", default=".data", help="keeps the database between runs")
     up.add_argument("--port", type=int, default=8080, help="HTTP port of the ingress")
-    up.add_argument("--instances", action="append", default=[], metavar="ROLE=N",
-                    help="members per worker role (default 1 each)")
+    up.add_argument(
+        "--instances",
+        action="append",
+        default=[],
+        metavar="ROLE=N",
+        help="members per worker role (default 1 each)",
+    )
     up.set_defaults(func=_cmd_up)
 
     migrate = sub.add_parser("migrate", help="apply (or revert) database migrations")

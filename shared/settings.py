@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     )
     kafka_idempotent_producer: bool = Field(
         default=True,
-        description="On for real Kafka; `up` turns it off for the embedded broker (no InitProducerId).",
+        description="On for real Kafka; `up` turns it off for the embedded broker.",
     )
     kafka_client_id: str = "switchboard"
     topic_prefix: str = "sb."

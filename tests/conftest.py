@@ -118,7 +118,7 @@ async def db_url(infra: Infra, migrated_template: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def admin_url_for(infra: Infra):  # noqa: ANN201 - returns a small function
+def admin_url_for(infra: Infra):
     """Superuser URL of a test database (to bypass RLS or tamper with rows on purpose)."""
 
     def make(db_url: str) -> str:

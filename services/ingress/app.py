@@ -34,7 +34,8 @@ def create_app(settings: Settings) -> web.Application:
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(
-            settings.require_database_url(), min_size=settings.db_pool_min,
+            settings.require_database_url(),
+            min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
         )
 
@@ -52,5 +53,11 @@ def create_app(settings: Settings) -> web.Application:
 
 def run(settings: Settings, *, host: str, port: int) -> None:
     """Serve until SIGTERM/SIGINT; aiohttp drains in-flight requests on shutdown."""
-    web.run_app(create_app(settings), host=host, port=port, print=None,
-                shutdown_timeout=settings.shutdown_timeout_s - 5, handle_signals=True)
+    web.run_app(
+        create_app(settings),
+        host=host,
+        port=port,
+        print=None,
+        shutdown_timeout=settings.shutdown_timeout_s - 5,
+        handle_signals=True,
+    )

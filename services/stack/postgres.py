@@ -104,15 +104,26 @@ class EmbeddedPostgres:
         self.port = self.port or free_port()
         argv = [
             str(_bin_dir() / "postgres"),
-            "-D", str(self.pgdata),
-            "-h", "127.0.0.1",
-            "-p", str(self.port),
-            "-k", str(self.socket_dir),
-            "-c", "max_connections=200",
+            "-D",
+            str(self.pgdata),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.socket_dir),
+            "-c",
+            "max_connections=200",
         ]
         if not self.durable:
-            argv += ["-c", "fsync=off", "-c", "synchronous_commit=off",
-                     "-c", "full_page_writes=off"]
+            argv += [
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]
         self._child = Child(
             name="postgres",
             argv=argv,
@@ -127,8 +138,16 @@ class EmbeddedPostgres:
         log.info("PostgreSQL ready on 127.0.0.1:%s (data in %s)", self.port, self.pgdata)
 
     def _initdb(self, user: str | None) -> None:
-        argv = [str(_bin_dir() / "initdb"), "-D", str(self.pgdata), "-U", SUPERUSER,
-                "--auth=trust", "--encoding=UTF8", "--no-instructions"]
+        argv = [
+            str(_bin_dir() / "initdb"),
+            "-D",
+            str(self.pgdata),
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-instructions",
+        ]
         result = subprocess.run(argv, user=user, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise StackError(f"initdb failed ({result.returncode}): {result.stderr.strip()}")
@@ -167,8 +186,9 @@ class EmbeddedPostgres:
                 await conn.execute(
                     f'CREATE ROLE "{APP_USER}" LOGIN CREATEROLE NOSUPERUSER NOBYPASSRLS'
                 )
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1",
-                                       APP_DATABASE):
+            if not await conn.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", APP_DATABASE
+            ):
                 await conn.execute(f'CREATE DATABASE "{APP_DATABASE}" OWNER "{APP_USER}"')
         finally:
             await conn.close()

@@ -107,25 +107,39 @@ class Stack:
         logs, run = self.data_dir / "logs", self.data_dir / "run"
         ingress = Child(
             name="ingress",
-            argv=[*cli, "ingress", "--host", self.settings.http_host, "--port",
-                  str(self.http_port)],
-            run_dir=run, log_file=logs / "ingress.log", env=env,
+            argv=[
+                *cli,
+                "ingress",
+                "--host",
+                self.settings.http_host,
+                "--port",
+                str(self.http_port),
+            ],
+            run_dir=run,
+            log_file=logs / "ingress.log",
+            env=env,
         )
         self.services.append(_Service(ingress))
         for role in ROLES:
             for n in range(self.instances.get(role, 1)):
                 name = f"worker-{role}-{n}"
-                child = Child(name=name, argv=[*cli, "worker", role], run_dir=run,
-                              log_file=logs / f"{name}.log", env=env)
+                child = Child(
+                    name=name,
+                    argv=[*cli, "worker", role],
+                    run_dir=run,
+                    log_file=logs / f"{name}.log",
+                    env=env,
+                )
                 self.services.append(_Service(child))
         for service in self.services:
             await service.child.start()
         await wait_for(self._ingress_ready, child=ingress, timeout=60, what="ingress")
 
     async def _ingress_ready(self) -> None:
-        async with aiohttp.ClientSession() as session, session.get(
-            f"{self.http_url}/readyz", timeout=aiohttp.ClientTimeout(total=2)
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{self.http_url}/readyz", timeout=aiohttp.ClientTimeout(total=2)) as resp,
+        ):
             if resp.status != 200:
                 raise StackError(f"/readyz answered {resp.status}")
 
@@ -158,8 +172,11 @@ class Stack:
             for infra in (self.postgres, self.broker):
                 child = getattr(infra, "_child", None)
                 if child is not None and not child.running():
-                    log.error("%s exited unexpectedly; stopping the stack\n%s",
-                              child.name, child.tail_log())
+                    log.error(
+                        "%s exited unexpectedly; stopping the stack\n%s",
+                        child.name,
+                        child.tail_log(),
+                    )
                     return 1
             now = time.monotonic()
             for service in self.services:
@@ -170,18 +187,23 @@ class Stack:
                     await service.child.start()
                     self._write_stack_file()
                     continue
-                delay = min(30.0, 2.0 ** service.restarts)
+                delay = min(30.0, 2.0**service.restarts)
                 service.restarts += 1
-                log.error("%s exited (code %s); restarting in %.0fs\n%s", service.child.name,
-                          service.child.process.returncode if service.child.process else None,
-                          delay, service.child.tail_log(10))
+                log.error(
+                    "%s exited (code %s); restarting in %.0fs\n%s",
+                    service.child.name,
+                    service.child.process.returncode if service.child.process else None,
+                    delay,
+                    service.child.tail_log(10),
+                )
                 service.backoff_until = now + delay
         return 0
 
     async def stop(self) -> None:
         """Services first (they drain), then the broker, then PostgreSQL."""
-        await asyncio.gather(*(s.child.stop(timeout=8) for s in reversed(self.services)),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(s.child.stop(timeout=8) for s in reversed(self.services)), return_exceptions=True
+        )
         if self.broker:
             await self.broker.stop()
         if self.postgres:
@@ -206,8 +228,9 @@ def _lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
-async def run_up(settings: Settings, *, data_dir: Path, port: int,
-                 instances: dict[str, int] | None = None) -> int:
+async def run_up(
+    settings: Settings, *, data_dir: Path, port: int, instances: dict[str, int] | None = None
+) -> int:
     """Run the stack until SIGTERM/SIGINT; returns the process exit code."""
     data_dir = data_dir.resolve()
     lock_fd = _lock_data_dir(data_dir)
@@ -248,7 +271,8 @@ def _announce(stack: Stack) -> None:
         f"  metrics:                 {stack.http_url}/metrics",
         f"  PostgreSQL:              {stack.database_url}"
         + (" (embedded)" if stack.postgres else ""),
-        f"  Kafka bootstrap:         {stack.kafka_bootstrap}" + (" (embedded Tansu)" if stack.broker else ""),
+        f"  Kafka bootstrap:         {stack.kafka_bootstrap}"
+        + (" (embedded Tansu)" if stack.broker else ""),
         f"  stack file:              {stack.stack_file}",
         f"  logs:                    {stack.data_dir / 'logs'}",
         "Press Ctrl-C to stop.",

@@ -120,7 +120,9 @@ class MigrationRunner:
                     await conn.execute(
                         "INSERT INTO schema_migrations (version, name, checksum) "
                         "VALUES ($1, $2, $3)",
-                        m.version, m.name, m.checksum,
+                        m.version,
+                        m.name,
+                        m.checksum,
                     )
                 log.info("applied migration %04d_%s", m.version, m.name)
                 done.append(m.version)
@@ -141,8 +143,9 @@ class MigrationRunner:
                     continue
                 async with conn.transaction():
                     await self._execute(conn, m, m.down_sql, "down")
-                    await conn.execute("DELETE FROM schema_migrations WHERE version = $1",
-                                       m.version)
+                    await conn.execute(
+                        "DELETE FROM schema_migrations WHERE version = $1", m.version
+                    )
                 log.info("reverted migration %04d_%s", m.version, m.name)
                 done.append(m.version)
             return done
@@ -155,8 +158,7 @@ class MigrationRunner:
             await conn.execute(sql)
         except asyncpg.PostgresError as exc:
             raise MigrationError(
-                f"migration {m.version:04d}_{m.name} ({direction}) failed: "
-                f"{exc.sqlstate} {exc}"
+                f"migration {m.version:04d}_{m.name} ({direction}) failed: {exc.sqlstate} {exc}"
             ) from exc
 
     def _check(self, applied: dict[int, str]) -> None:

@@ -21,7 +21,9 @@ WORKER_ROLE = "switchboard_worker"
 async def _init_connection(conn: asyncpg.Connection, role: str | None) -> None:
     for type_name in ("json", "jsonb"):
         await conn.set_type_codec(
-            type_name, encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
+            type_name,
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
             schema="pg_catalog",
         )
     if role:

@@ -217,8 +217,9 @@ class AuditEvent(Envelope):
 class DeadLetter(Envelope):
     """A record no consumer could process, kept with its reason and source coordinates."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64",
-                              val_json_bytes="base64")
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
+    )
 
     type: Literal["dead_letter"] = "dead_letter"
     tenant_id: uuid.UUID | None = None  # type: ignore[assignment]

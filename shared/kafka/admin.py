@@ -27,8 +27,10 @@ async def ensure_topics(
         if not missing:
             return []
         response = await admin.create_topics(
-            [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor)
-             for n in missing]
+            [
+                NewTopic(n, num_partitions=partitions, replication_factor=replication_factor)
+                for n in missing
+            ]
         )
         created = []
         for name, code, *_ in response.topic_errors:

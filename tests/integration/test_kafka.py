@@ -28,9 +28,14 @@ async def test_published_events_keep_conversation_order_on_one_partition(
     tenant, integration = uuid.uuid4(), uuid.uuid4()
     events = [
         MessageInbound(
-            tenant_id=tenant, integration_id=integration, channel="widget",
-            conversation_key=f"conv-{i % 2}", external_id=f"m{i}", sender_id="v1",
-            text=f"message {i}", sent_at=datetime.now(UTC),
+            tenant_id=tenant,
+            integration_id=integration,
+            channel="widget",
+            conversation_key=f"conv-{i % 2}",
+            external_id=f"m{i}",
+            sender_id="v1",
+            text=f"message {i}",
+            sent_at=datetime.now(UTC),
         )
         for i in range(10)
     ]
@@ -42,8 +47,11 @@ async def test_published_events_keep_conversation_order_on_one_partition(
     assert len(set(partitions[0::2])) == 1 and len(set(partitions[1::2])) == 1
 
     consumer = AIOKafkaConsumer(
-        topics.inbound, bootstrap_servers=infra.bootstrap, group_id=f"g-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest", enable_auto_commit=False,
+        topics.inbound,
+        bootstrap_servers=infra.bootstrap,
+        group_id=f"g-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
     )
     await consumer.start()
     received: list[MessageInbound] = []

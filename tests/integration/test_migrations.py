@@ -47,8 +47,16 @@ async def test_up_down_up_leaves_the_same_schema(empty_db: str) -> None:
     runner = MigrationRunner(empty_db, SQL_DIR)
     assert await runner.up() == list(range(1, runner.latest + 1))
     first = await _objects(empty_db)
-    assert {"tenants", "channel_messages", "recovery_events", "audit_logs", "conversations",
-            "conversation_flows", "knowledge_entries", "leads"} <= first["tables"]
+    assert {
+        "tenants",
+        "channel_messages",
+        "recovery_events",
+        "audit_logs",
+        "conversations",
+        "conversation_flows",
+        "knowledge_entries",
+        "leads",
+    } <= first["tables"]
 
     assert await runner.down() == list(range(runner.latest, 0, -1))
     assert await _objects(empty_db) == {"tables": set(), "functions": set(), "types": set()}

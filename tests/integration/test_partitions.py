@@ -13,7 +13,7 @@ PARTITIONED = ("channel_messages", "recovery_events", "audit_logs")
 
 
 @pytest.fixture
-async def admin(db_url: str, admin_url_for) -> AsyncIterator[asyncpg.Connection]:  # noqa: ANN001
+async def admin(db_url: str, admin_url_for) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(admin_url_for(db_url))
     yield conn
     await conn.close()
@@ -32,14 +32,22 @@ async def _tenant(conn: asyncpg.Connection) -> tuple[uuid.UUID, uuid.UUID]:
     return tenant, integration
 
 
-async def _insert_message(conn: asyncpg.Connection, tenant: uuid.UUID, integration: uuid.UUID,
-                          external_id: str, sent_at: datetime) -> str:
+async def _insert_message(
+    conn: asyncpg.Connection,
+    tenant: uuid.UUID,
+    integration: uuid.UUID,
+    external_id: str,
+    sent_at: datetime,
+) -> str:
     return await conn.fetchval(
         "INSERT INTO channel_messages (tenant_id, integration_id, channel, direction, "
         "external_id, conversation_key, sender_id, text, message_type, payload, sent_at) "
         "VALUES ($1, $2, 'telegram', 'inbound', $3, 'chat-1', 'u1', 'hi', 'text', '{}', $4) "
         "ON CONFLICT DO NOTHING RETURNING tableoid::regclass::text",
-        tenant, integration, external_id, sent_at,
+        tenant,
+        integration,
+        external_id,
+        sent_at,
     )
 
 
@@ -57,15 +65,20 @@ async def test_partitions_exist_ahead_with_a_default(admin: asyncpg.Connection) 
     for parent in PARTITIONED:
         rows = await admin.fetch(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = $1::regclass", parent,
+            "WHERE i.inhparent = $1::regclass",
+            parent,
         )
         names = {r[0] for r in rows}
         assert f"{parent}_default" in names
         for ahead in range(-1, 3):  # last month (late data) through two ahead
             assert _month_name(parent, _add_months(this_month, ahead)) in names
-        assert await admin.fetchval(
-            "SELECT partstrat::text FROM pg_partitioned_table WHERE partrelid = $1::regclass", parent
-        ) == "r"
+        assert (
+            await admin.fetchval(
+                "SELECT partstrat::text FROM pg_partitioned_table WHERE partrelid = $1::regclass",
+                parent,
+            )
+            == "r"
+        )
 
 
 async def test_rows_land_in_their_month_and_far_ones_in_default(admin: asyncpg.Connection) -> None:
@@ -90,11 +103,14 @@ async def test_the_same_platform_message_cannot_be_stored_twice(admin: asyncpg.C
             "INSERT INTO channel_messages (tenant_id, integration_id, channel, direction, "
             "external_id, conversation_key, sender_id, text, message_type, payload, sent_at) "
             "VALUES ($1, $2, 'telegram', 'inbound', '42:7', 'chat-1', 'u1', 'x', 'text', '{}', $3)",
-            tenant, integration, sent,
+            tenant,
+            integration,
+            sent,
         )
-    assert await admin.fetchval(
-        "SELECT count(*) FROM channel_messages WHERE external_id = '42:7'"
-    ) == 1
+    assert (
+        await admin.fetchval("SELECT count(*) FROM channel_messages WHERE external_id = '42:7'")
+        == 1
+    )
 
 
 async def test_ensure_partitions_moves_default_rows_without_losing_any(
@@ -102,8 +118,9 @@ async def test_ensure_partitions_moves_default_rows_without_losing_any(
 ) -> None:
     tenant, integration = await _tenant(admin)
     for i in range(5):
-        await _insert_message(admin, tenant, integration, f"far:{i}",
-                              datetime(2031, 5, 1 + i, 12, tzinfo=UTC))
+        await _insert_message(
+            admin, tenant, integration, f"far:{i}", datetime(2031, 5, 1 + i, 12, tzinfo=UTC)
+        )
     await _insert_message(admin, tenant, integration, "other", datetime(2032, 1, 2, tzinfo=UTC))
     created = await admin.fetchval(
         "SELECT sb_ensure_partitions('channel_messages'::regclass, 0, DATE '2031-05-01')"
@@ -111,12 +128,16 @@ async def test_ensure_partitions_moves_default_rows_without_losing_any(
     assert created == 1
     placed = await admin.fetch(
         "SELECT external_id, tableoid::regclass::text AS part FROM channel_messages "
-        "WHERE tenant_id = $1 ORDER BY external_id", tenant,
+        "WHERE tenant_id = $1 ORDER BY external_id",
+        tenant,
     )
     assert [(r["external_id"], r["part"]) for r in placed] == [
         *[(f"far:{i}", "channel_messages_p203105") for i in range(5)],
         ("other", "channel_messages_default"),
     ]
-    assert await admin.fetchval(
-        "SELECT sb_ensure_partitions('channel_messages'::regclass, 0, DATE '2031-05-01')"
-    ) == 0
+    assert (
+        await admin.fetchval(
+            "SELECT sb_ensure_partitions('channel_messages'::regclass, 0, DATE '2031-05-01')"
+        )
+        == 0
+    )

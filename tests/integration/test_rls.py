@@ -21,26 +21,35 @@ async def two_tenants(db_url: str) -> tuple[uuid.UUID, uuid.UUID]:
         for name in ("a", "b"):
             tenant = await conn.fetchval(
                 "INSERT INTO tenants (name, slug) VALUES ($1, $2) RETURNING id",
-                f"Tenant {name}", f"tenant-{name}-{uuid.uuid4().hex[:6]}",
+                f"Tenant {name}",
+                f"tenant-{name}-{uuid.uuid4().hex[:6]}",
             )
             integration = await conn.fetchval(
                 "INSERT INTO channel_integrations (tenant_id, channel, name, "
-                "credentials_encrypted) VALUES ($1, 'slack', 'ws', decode(repeat('00', 28), 'hex')) RETURNING id",
+                "credentials_encrypted) VALUES ($1, 'slack', 'ws', "
+                "decode(repeat('00', 28), 'hex')) RETURNING id",
                 tenant,
             )
             await conn.execute(
                 "INSERT INTO conversations (tenant_id, integration_id, channel, "
-                "conversation_key) VALUES ($1, $2, 'slack', 'C1')", tenant, integration,
+                "conversation_key) VALUES ($1, $2, 'slack', 'C1')",
+                tenant,
+                integration,
             )
             await conn.execute(
                 "INSERT INTO channel_messages (tenant_id, integration_id, channel, direction, "
                 "external_id, conversation_key, sender_id, text, sent_at) "
                 "VALUES ($1, $2, 'slack', 'inbound', 'C1:1.0001', 'C1', 'U1', $3, $4)",
-                tenant, integration, f"secret of {name}", datetime.now(UTC),
+                tenant,
+                integration,
+                f"secret of {name}",
+                datetime.now(UTC),
             )
             await conn.execute(
                 "INSERT INTO leads (tenant_id, name, email) VALUES ($1, $2, $3)",
-                tenant, f"lead {name}", f"{name}@example.com",
+                tenant,
+                f"lead {name}",
+                f"{name}@example.com",
             )
             ids.append(tenant)
     finally:
@@ -70,9 +79,10 @@ async def test_a_tenant_session_sees_only_its_own_rows(
         texts = [r[0] for r in await app_conn.fetch("SELECT text FROM channel_messages")]
         assert texts == ["secret of a"]
         # Even asking for B's rows by id returns nothing.
-        assert await app_conn.fetchval(
-            "SELECT count(*) FROM channel_messages WHERE tenant_id = $1", b
-        ) == 0
+        assert (
+            await app_conn.fetchval("SELECT count(*) FROM channel_messages WHERE tenant_id = $1", b)
+            == 0
+        )
 
 
 async def test_a_tenant_session_cannot_write_into_another_tenant(
@@ -81,9 +91,7 @@ async def test_a_tenant_session_cannot_write_into_another_tenant(
     a, b = two_tenants
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         async with tenant_transaction(app_conn, a):
-            await app_conn.execute(
-                "INSERT INTO leads (tenant_id, name) VALUES ($1, 'smuggled')", b
-            )
+            await app_conn.execute("INSERT INTO leads (tenant_id, name) VALUES ($1, 'smuggled')", b)
     async with tenant_transaction(app_conn, a):
         updated = await app_conn.execute("UPDATE leads SET name = 'x' WHERE tenant_id = $1", b)
         assert updated == "UPDATE 0"
@@ -121,5 +129,6 @@ async def test_application_roles_cannot_bypass_rls(app_conn: asyncpg.Connection)
         [APP_ROLE, WORKER_ROLE],
     )
     assert {r["rolname"]: (r["rolsuper"], r["rolbypassrls"]) for r in rows} == {
-        APP_ROLE: (False, False), WORKER_ROLE: (False, False)
+        APP_ROLE: (False, False),
+        WORKER_ROLE: (False, False),
     }

@@ -43,8 +43,9 @@ def inbound(**overrides: object) -> MessageInbound:
         "sender_name": "Ada",
         "text": "Where is my order? 🚚",
         "message_type": "image",
-        "attachments": [Attachment(kind="image", media_id="m1", mime_type="image/jpeg",
-                                   caption="receipt")],
+        "attachments": [
+            Attachment(kind="image", media_id="m1", mime_type="image/jpeg", caption="receipt")
+        ],
         "reply_to": "wamid.previous",
         "thread_id": None,
         "sent_at": SENT,
@@ -57,25 +58,49 @@ def inbound(**overrides: object) -> MessageInbound:
 ALL_EVENTS = [
     inbound(),
     MessageOutbound(
-        tenant_id=TENANT, integration_id=INTEGRATION, channel="telegram",
-        conversation_key="-100123", message_id="out-1", recipient_id="-100123",
-        text="Pick one", quick_replies=[QuickReply(title="Yes", payload="yes")],
-        reply_to="-100123:77", origin="flow",
+        tenant_id=TENANT,
+        integration_id=INTEGRATION,
+        channel="telegram",
+        conversation_key="-100123",
+        message_id="out-1",
+        recipient_id="-100123",
+        text="Pick one",
+        quick_replies=[QuickReply(title="Yes", payload="yes")],
+        reply_to="-100123:77",
+        origin="flow",
     ),
     MessageStatus(
-        tenant_id=TENANT, integration_id=INTEGRATION, channel="whatsapp",
-        conversation_key="15551234567", message_id="out-1", status="failed",
-        status_at=SENT, errors=[StatusError(code="131047", title="Re-engagement message")],
+        tenant_id=TENANT,
+        integration_id=INTEGRATION,
+        channel="whatsapp",
+        conversation_key="15551234567",
+        message_id="out-1",
+        status="failed",
+        status_at=SENT,
+        errors=[StatusError(code="131047", title="Re-engagement message")],
     ),
     RecoveryEvent(
-        tenant_id=TENANT, campaign_id=uuid.uuid4(), customer_ref="cus_42",
-        event_type="recovered", amount_cents=4999, currency="EUR",
+        tenant_id=TENANT,
+        campaign_id=uuid.uuid4(),
+        customer_ref="cus_42",
+        event_type="recovered",
+        amount_cents=4999,
+        currency="EUR",
     ),
-    AuditEvent(tenant_id=None, actor_type="platform", action="webhook.rejected",
-               metadata={"reason": "bad_signature", "channel": "slack"}),
-    DeadLetter(reason="invalid event: type: missing", source_topic="sb.messages.inbound",
-               source_partition=2, source_offset=41, original_key=b"k",
-               original_value=b"\x00\xff not json"),
+    AuditEvent(
+        tenant_id=None,
+        actor_type="platform",
+        action="webhook.rejected",
+        metadata={"reason": "bad_signature", "channel": "slack"},
+    ),
+    DeadLetter(
+        reason="invalid event: type: missing",
+        source_topic="sb.messages.inbound",
+        source_partition=2,
+        source_offset=41,
+        original_key=b"k",
+        original_value=b"\x00\xff not json",
+    ),
 ]
 
 
@@ -88,8 +113,17 @@ def test_every_event_round_trips_through_the_wire_format(event: object) -> None:
 
 def test_envelope_is_flat_with_the_body_beside_it() -> None:
     obj = orjson.loads(encode(inbound()))
-    for key in ("event_id", "type", "schema_version", "tenant_id", "occurred_at",
-                "integration_id", "external_id", "sent_at", "raw"):
+    for key in (
+        "event_id",
+        "type",
+        "schema_version",
+        "tenant_id",
+        "occurred_at",
+        "integration_id",
+        "external_id",
+        "sent_at",
+        "raw",
+    ):
         assert key in obj
     assert obj["type"] == "message.inbound"
     assert obj["schema_version"] == 1
@@ -121,13 +155,22 @@ def test_derived_event_ids_are_stable_per_platform_identity() -> None:
         (b"[1, 2]", "JSON object"),
         (b'{"type": "message.unknown"}', "type"),
         (orjson.dumps({**orjson.loads(encode(inbound())), "channel": "fax"}), "channel"),
-        (orjson.dumps({**orjson.loads(encode(inbound())), "sent_at": "2026-11-03T10:15:00"}),
-         "sent_at"),
+        (
+            orjson.dumps({**orjson.loads(encode(inbound())), "sent_at": "2026-11-03T10:15:00"}),
+            "sent_at",
+        ),
         (orjson.dumps({**orjson.loads(encode(inbound())), "schema_version": 2}), "newer"),
         (orjson.dumps({**orjson.loads(encode(inbound())), "surprise": 1}), "surprise"),
     ],
-    ids=["garbage", "array", "unknown-type", "bad-channel", "naive-time", "future-version",
-         "extra-field"],
+    ids=[
+        "garbage",
+        "array",
+        "unknown-type",
+        "bad-channel",
+        "naive-time",
+        "future-version",
+        "extra-field",
+    ],
 )
 def test_bad_bytes_are_refused_with_the_reason(data: bytes, reason: str) -> None:
     with pytest.raises(UndecodableEvent, match=reason):
@@ -142,7 +185,11 @@ def test_decode_as_refuses_another_event_type() -> None:
 def test_topics_route_every_event_type_and_honour_the_prefix() -> None:
     topics = Topics(prefix="acme.")
     assert topics.all() == (
-        "acme.messages.inbound", "acme.messages.outbound", "acme.messages.status",
-        "acme.recovery.events", "acme.audit.events", "acme.dlq",
+        "acme.messages.inbound",
+        "acme.messages.outbound",
+        "acme.messages.status",
+        "acme.recovery.events",
+        "acme.audit.events",
+        "acme.dlq",
     )
     assert [topics.for_event(e) for e in ALL_EVENTS] == list(topics.all())

@@ -26,10 +26,14 @@ def test_the_repository_migrations_are_consistent() -> None:
     ("files", "message"),
     [
         (["0001_a.up.sql"], "no down file"),
-        (["0001_a.up.sql", "0001_a.down.sql", "0003_c.up.sql", "0003_c.down.sql"],
-         "0002 is missing"),
-        (["0001_a.up.sql", "0001_a.down.sql", "0001_b.up.sql", "0001_b.down.sql"],
-         "two migrations"),
+        (
+            ["0001_a.up.sql", "0001_a.down.sql", "0003_c.up.sql", "0003_c.down.sql"],
+            "0002 is missing",
+        ),
+        (
+            ["0001_a.up.sql", "0001_a.down.sql", "0001_b.up.sql", "0001_b.down.sql"],
+            "two migrations",
+        ),
         (["1_a.up.sql"], "unexpected file"),
     ],
 )
