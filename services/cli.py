@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import os
 import sys
+import uuid
 from pathlib import Path
+
+import orjson
 
 from shared.errors import SwitchboardError
 from shared.ops import configure_logging
-from shared.settings import Settings, get_settings
+from shared.settings import Settings, get_settings, with_stack_file
 
 
 def _parse_instances(values: list[str]) -> dict[str, int]:
@@ -88,9 +93,76 @@ def _cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_ingress(args: argparse.Namespace, settings: Settings) -> int:
+    host, port = args.host or settings.http_host, args.port or settings.http_port
+    if args.workers > 1:
+        from services.ingress.multiprocess import run_workers
+
+        return run_workers(settings, host=host, port=port, workers=args.workers)
     from services.ingress.app import run
 
-    run(settings, host=args.host or settings.http_host, port=args.port or settings.http_port)
+    run(settings, host=host, port=port)
+    return 0
+
+
+def _credentials(values: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        key, sep, secret = value.partition("=")
+        if not sep or not key:
+            raise SwitchboardError("--credential expects KEY=VALUE (value not shown)")
+        out[key.strip()] = secret
+    return out
+
+
+def _integration_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise SwitchboardError(f"{value!r} is not an integration id") from None
+
+
+def _cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
+    from services.admin import Admin
+    from shared.crypto import CredentialCipher
+    from shared.db.pool import create_pool
+    from shared.events import Topics
+    from shared.integrations import IntegrationStore
+    from shared.kafka import EventPublisher, create_producer
+
+    async def go() -> object:
+        cipher = CredentialCipher(settings.require_secret_key())
+        pool = await create_pool(settings.require_database_url(), min_size=1, max_size=2)
+        producer = create_producer(settings)
+        try:
+            await producer.start()
+            admin = Admin(
+                IntegrationStore(pool, cipher),
+                EventPublisher(producer, Topics(settings.topic_prefix)),
+                actor_id=f"cli:{getpass.getuser()}",
+            )
+            match (args.command, args.action):
+                case ("tenants", "create"):
+                    return await admin.create_tenant(args.name, args.slug)
+                case ("integrations", "add"):
+                    return await admin.add_integration(
+                        args.tenant, args.channel, _credentials(args.credential), args.name
+                    )
+                case ("integrations", "list"):
+                    return await admin.list_integrations(args.tenant)
+                case ("integrations", "disable"):
+                    return await admin.disable(_integration_id(args.id))
+                case ("integrations", "rotate"):
+                    if not args.credential:
+                        raise SwitchboardError("rotate needs at least one --credential KEY=VALUE")
+                    return await admin.rotate(
+                        _integration_id(args.id), _credentials(args.credential)
+                    )
+            raise SwitchboardError(f"unknown action {args.action}")
+        finally:
+            await producer.stop()
+            await pool.close()
+
+    print(orjson.dumps(asyncio.run(go())).decode())
     return 0
 
 
@@ -136,7 +208,35 @@ def build_parser() -> argparse.ArgumentParser:
     ingress = sub.add_parser("ingress", help="run the webhook ingress")
     ingress.add_argument("--host", default=None)
     ingress.add_argument("--port", type=int, default=None)
+    ingress.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)"
+    )
     ingress.set_defaults(func=_cmd_ingress)
+
+    tenants = sub.add_parser("tenants", help="manage tenants (organizations)")
+    tenants_sub = tenants.add_subparsers(dest="action", required=True)
+    create = tenants_sub.add_parser("create", help="create a tenant; prints its id and slug")
+    create.add_argument("--name", required=True)
+    create.add_argument("--slug", default=None)
+    tenants.set_defaults(func=_cmd_admin)
+
+    integrations = sub.add_parser("integrations", help="manage channel integrations")
+    integ_sub = integrations.add_subparsers(dest="action", required=True)
+    add = integ_sub.add_parser("add", help="connect a channel; prints its webhook path")
+    add.add_argument("--tenant", required=True, help="tenant id or slug")
+    add.add_argument(
+        "--channel", required=True, choices=["telegram", "slack", "whatsapp", "widget"]
+    )
+    add.add_argument("--credential", action="append", default=[], metavar="KEY=VALUE")
+    add.add_argument("--name", default=None)
+    lst = integ_sub.add_parser("list", help="integrations (credential values never shown)")
+    lst.add_argument("--tenant", default=None)
+    disable = integ_sub.add_parser("disable", help="stop accepting an integration's webhooks")
+    disable.add_argument("id")
+    rotate = integ_sub.add_parser("rotate", help="replace some credentials")
+    rotate.add_argument("id")
+    rotate.add_argument("--credential", action="append", default=[], metavar="KEY=VALUE")
+    integrations.set_defaults(func=_cmd_admin)
 
     worker = sub.add_parser("worker", help="run one member of a worker role's consumer group")
     worker.add_argument("role")
@@ -148,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = get_settings()
+        if args.command != "up":  # beside a running `make run`, use its stack
+            settings = with_stack_file(
+                settings, Path(os.environ.get("SWITCHBOARD_DATA_DIR", ".data"))
+            )
         configure_logging(settings.log_level)
         return int(args.func(args, settings))
     except SwitchboardError as exc:

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigurationError
@@ -47,6 +47,15 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1)
     sql_dir: Path = REPO_ROOT / "sql"
     partitions_months_ahead: int = Field(default=3, ge=0, le=36)
+    secret_key: SecretStr | None = Field(
+        default=None, description="base64 AES-256 key for integration credentials"
+    )
+    publish_timeout_s: float = Field(default=2.5, gt=0, le=30)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    integration_cache_ttl_s: float = Field(default=2.0, gt=0)
+    slack_timestamp_tolerance_s: int = Field(default=300, ge=1)
+    widget_rate_limit_per_minute: int = Field(default=30, ge=1)
+    widget_rate_limit_burst: int = Field(default=10, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_timeout_s: float = Field(default=15.0, gt=0)
 
@@ -64,6 +73,17 @@ class Settings(BaseSettings):
             raise ConfigurationError("DATABASE_URL is not set (or run `switchboard up`)")
         return self.database_url
 
+    def require_secret_key(self) -> bytes:
+        """The credentials key, or a start-up error that names the variable."""
+        from shared.crypto import parse_key
+
+        if self.secret_key is None:
+            raise ConfigurationError(
+                "SWITCHBOARD_SECRET_KEY is not set (base64 of 32 random bytes; "
+                "`switchboard up` generates one into its data dir)"
+            )
+        return parse_key(self.secret_key.get_secret_value())
+
     def require_kafka(self) -> str:
         """The bootstrap servers, or a start-up error that names the variable."""
         if not self.kafka_bootstrap_servers:
@@ -78,6 +98,30 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = "; ".join(f"{_env_name(err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigurationError(f"invalid settings: {problems}") from None
+
+
+def with_stack_file(settings: Settings, data_dir: Path) -> Settings:
+    """Fill unset URLs and key from a running ``switchboard up``'s data dir, if there is one.
+
+    Lets an operator run ``switchboard tenants ...`` beside ``make run`` with no exports.
+    """
+    import orjson
+
+    stack_file = data_dir / "stack.json"
+    if (settings.database_url and settings.kafka_bootstrap_servers) or not stack_file.exists():
+        return settings
+    info = orjson.loads(stack_file.read_bytes())
+    updates: dict[str, object] = {}
+    if not settings.database_url:
+        updates["database_url"] = info["database_url"]
+    if not settings.kafka_bootstrap_servers:
+        updates["kafka_bootstrap_servers"] = info["kafka_bootstrap"]
+        if info.get("embedded", {}).get("broker"):
+            updates["kafka_idempotent_producer"] = False
+    key_file = data_dir / "secret.key"
+    if settings.secret_key is None and key_file.exists():
+        updates["secret_key"] = key_file.read_text().strip()
+    return settings.model_copy(update=updates)
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:

@@ -14,14 +14,21 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
 from yarl import URL
 
 from services.stack.broker import EmbeddedBroker
 from services.stack.postgres import APP_USER, EmbeddedPostgres, install_extensions
+from shared.crypto import CredentialCipher
 from shared.db.migrations import MigrationRunner
+from shared.db.pool import create_pool
 from shared.events import Topics
+from shared.integrations import Integration, IntegrationStore
 from shared.kafka import ensure_topics
 from shared.settings import REPO_ROOT, Settings, load_settings
+from tests.support import read_topic, unique_slug
 
 SQL_DIR = REPO_ROOT / "sql"
 
@@ -145,3 +152,71 @@ def settings(infra: Infra, topics: Topics, db_url: str) -> Settings:
         topic_partitions=3,
         kafka_idempotent_producer=not infra.embedded_broker,
     )
+
+
+@pytest.fixture
+def secret_key() -> str:
+    from shared.crypto import new_key
+
+    return new_key()
+
+
+@pytest.fixture
+def ingress_settings(settings: Settings, secret_key: str) -> Settings:
+    """Settings for an ingress under test: this test's DB, topics and a fresh key."""
+    return settings.model_copy(
+        update={"secret_key": SecretStr(secret_key), "integration_cache_ttl_s": 0.5}
+    )
+
+
+@pytest.fixture
+async def store(ingress_settings: Settings) -> AsyncIterator[IntegrationStore]:
+    """Direct access to tenants and integrations (the CLI's store)."""
+    pool = await create_pool(ingress_settings.require_database_url(), min_size=1, max_size=2)
+    yield IntegrationStore(pool, CredentialCipher(ingress_settings.require_secret_key()))
+    await pool.close()
+
+
+@pytest.fixture
+def make_integration(store: IntegrationStore):
+    """``await make_integration("slack", {...})`` → a new tenant's active Integration."""
+
+    async def make(channel: str, credentials: dict[str, str]) -> Integration:
+        tenant = await store.create_tenant("Test tenant", unique_slug())
+        return await store.add_integration(tenant, channel, credentials)
+
+    return make
+
+
+@dataclass
+class RunningIngress:
+    url: str
+    app: web.Application
+    settings: Settings
+    bootstrap: str
+    topics: Topics
+
+    async def events(
+        self, topic: str, *, expect: int, timeout: float = 10.0, settle: float = 1.0
+    ) -> list:
+        return await read_topic(
+            self.bootstrap, topic, expect=expect, timeout=timeout, settle=settle
+        )
+
+
+@pytest.fixture
+async def ingress(
+    ingress_settings: Settings, infra: Infra, topics: Topics
+) -> AsyncIterator[RunningIngress]:
+    """The real ingress app on a real HTTP port on 127.0.0.1, with this test's DB and topics."""
+    from services.ingress.app import create_app
+
+    app = create_app(ingress_settings)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield RunningIngress(
+            str(server.make_url("")).rstrip("/"), app, ingress_settings, infra.bootstrap, topics
+        )
+    finally:
+        await server.close()

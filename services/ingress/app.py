@@ -1,4 +1,4 @@
-"""Composition root of the ingress: builds the producer and pool and mounts the routes."""
+"""Composition root of the ingress: builds the pool, producer and cache, mounts the routes."""
 
 from __future__ import annotations
 
@@ -6,58 +6,79 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from services.ingress.pipeline import Ingress
+from services.ingress.registry import IntegrationCache
+from services.ingress.webhooks import INGRESS
+from shared.crypto import CredentialCipher
 from shared.db.pool import create_pool
 from shared.events import Topics
+from shared.integrations import IntegrationStore
 from shared.kafka import EventPublisher, create_producer
 from shared.ops import add_ops_routes, add_readiness
 from shared.settings import Settings
 
-PUBLISHER: web.AppKey[EventPublisher] = web.AppKey("publisher", EventPublisher)
-
 
 def create_app(settings: Settings) -> web.Application:
     """The ingress application; real adapters are wired here and nowhere else."""
-    app = web.Application(client_max_size=1024 * 1024)
+    from services.ingress.adapters import mount_channels
+
+    cipher = CredentialCipher(settings.require_secret_key())
+    app = web.Application(client_max_size=settings.max_body_bytes)
     add_ops_routes(app)
 
-    async def kafka(app: web.Application) -> AsyncIterator[None]:
-        producer = create_producer(settings)
-        await producer.start()
-        app[PUBLISHER] = EventPublisher(producer, Topics(settings.topic_prefix))
-
-        async def broker_ready() -> None:
-            await producer.client.fetch_all_metadata()
-
-        add_readiness(app, "kafka", broker_ready)
-        yield
-        await producer.stop()
-
-    async def database(app: web.Application) -> AsyncIterator[None]:
+    async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(
             settings.require_database_url(),
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
         )
+        # Batches the broker never took expire when the HTTP answer gives up, so a 503'd
+        # request is not delivered later behind the platform's retry.
+        producer = create_producer(
+            settings, request_timeout_ms=int(settings.publish_timeout_s * 1000)
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await pool.close()
+            raise
+        ingress = Ingress(
+            cache=IntegrationCache(
+                IntegrationStore(pool, cipher), ttl_s=settings.integration_cache_ttl_s
+            ),
+            publisher=EventPublisher(producer, Topics(settings.topic_prefix)),
+            publish_timeout_s=settings.publish_timeout_s,
+            max_body_bytes=settings.max_body_bytes,
+        )
+        app[INGRESS] = ingress
 
         async def db_ready() -> None:
             async with pool.acquire() as conn:
                 await conn.fetchval("SELECT 1")
 
+        async def broker_ready() -> None:
+            await producer.client.fetch_all_metadata()
+
         add_readiness(app, "database", db_ready)
+        add_readiness(app, "kafka", broker_ready)
         yield
+        await ingress.drain()
+        await producer.stop()
         await pool.close()
 
-    app.cleanup_ctx.extend([database, kafka])
+    app.cleanup_ctx.append(resources)
+    mount_channels(app, settings)
     return app
 
 
-def run(settings: Settings, *, host: str, port: int) -> None:
+def run(settings: Settings, *, host: str, port: int, reuse_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT; aiohttp drains in-flight requests on shutdown."""
     web.run_app(
         create_app(settings),
         host=host,
         port=port,
         print=None,
-        shutdown_timeout=settings.shutdown_timeout_s - 5,
+        reuse_port=reuse_port,
+        shutdown_timeout=max(1.0, settings.shutdown_timeout_s - 5),
         handle_signals=True,
     )

@@ -26,6 +26,7 @@ from services.stack.broker import EmbeddedBroker
 from services.stack.postgres import EmbeddedPostgres
 from services.stack.processes import Child, wait_for
 from services.workers import ROLES
+from shared.crypto import ensure_key_file
 from shared.db.migrations import MigrationRunner
 from shared.errors import StackError
 from shared.events import Topics
@@ -95,6 +96,8 @@ class Stack:
 
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
+        if self.settings.secret_key is None:  # generated once, kept in the data dir (0600)
+            env["SWITCHBOARD_SECRET_KEY"] = ensure_key_file(self.data_dir / "secret.key")
         env["DATABASE_URL"] = self.database_url
         env["KAFKA_BOOTSTRAP_SERVERS"] = self.kafka_bootstrap
         if self.broker is not None:  # Tansu has no InitProducerId
