@@ -111,6 +111,7 @@ class Ingress:
         self.max_body_bytes = max_body_bytes
         self.recent = RecentlyPublished()
         self._audit_tasks: set[asyncio.Task[None]] = set()
+        self._inflight: dict[uuid.UUID, asyncio.Future[None]] = {}
 
     async def lookup(self, raw_id: str, channel: Channel) -> Integration:
         """The active integration for a route, or 404 (unknown, disabled or other channel)."""
@@ -126,23 +127,55 @@ class Ingress:
         return integration
 
     async def publish(self, channel: Channel, events: Sequence[Envelope]) -> int:
-        """Publish and wait for acks=all; returns how many were new (not redeliveries)."""
-        fresh = [e for e in events if not self.recent.seen(e.event_id)]
-        if len(fresh) < len(events):
-            metrics.DUPLICATES.labels(channel).inc(len(events) - len(fresh))
-        if not fresh:
-            return 0
+        """Publish and wait for acks=all; returns how many were new (not redeliveries).
+
+        A redelivery that arrives while the first delivery is still being published
+        waits for that publication instead of publishing again.
+        """
+        mine: list[Envelope] = []
+        waits: list[asyncio.Future[None]] = []
+        for event in events:
+            if self.recent.seen(event.event_id):
+                continue
+            pending = self._inflight.get(event.event_id)
+            if pending is not None:
+                waits.append(pending)
+            else:
+                self._inflight[event.event_id] = asyncio.get_running_loop().create_future()
+                mine.append(event)
+        if len(mine) < len(events):
+            metrics.DUPLICATES.labels(channel).inc(len(events) - len(mine))
+        try:
+            await self._publish_owned(channel, mine)
+        finally:
+            for event in mine:
+                future = self._inflight.pop(event.event_id)
+                if self.recent.seen(event.event_id):
+                    future.set_result(None)
+                else:
+                    future.set_exception(BrokerUnavailable("the first delivery failed"))
+                    future.exception()  # mark retrieved; waiters re-raise it themselves
+        if waits:
+            try:
+                async with asyncio.timeout(self.publish_timeout_s):
+                    await asyncio.gather(*(asyncio.shield(w) for w in waits))
+            except TimeoutError:
+                raise BrokerUnavailable("first delivery still unacknowledged") from None
+        return len(mine)
+
+    async def _publish_owned(self, channel: Channel, events: Sequence[Envelope]) -> None:
+        if not events:
+            return
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.publish_timeout_s):
-                await asyncio.gather(*(self.publisher.publish(e) for e in fresh))
+                await asyncio.gather(*(self.publisher.publish(e) for e in events))
         except (TimeoutError, KafkaError) as exc:
             raise BrokerUnavailable(f"broker did not acknowledge: {type(exc).__name__}") from None
         metrics.PUBLISH_SECONDS.labels(channel).observe(time.perf_counter() - started)
-        for e in fresh:
+        for e in events:
             self.recent.add(e.event_id)
             metrics.EVENTS.labels(channel, e.type).inc()
-        return len(fresh)
 
     def audit_rejection(
         self,
