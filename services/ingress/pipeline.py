@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -111,7 +111,7 @@ class Ingress:
         self.max_body_bytes = max_body_bytes
         self.recent = RecentlyPublished()
         self._audit_tasks: set[asyncio.Task[None]] = set()
-        self._inflight: dict[uuid.UUID, asyncio.Future[None]] = {}
+        self._inflight: dict[uuid.UUID, asyncio.Task[None]] = {}
 
     async def lookup(self, raw_id: str, channel: Channel) -> Integration:
         """The active integration for a route, or 404 (unknown, disabled or other channel)."""
@@ -129,53 +129,49 @@ class Ingress:
     async def publish(self, channel: Channel, events: Sequence[Envelope]) -> int:
         """Publish and wait for acks=all; returns how many were new (not redeliveries).
 
-        A redelivery that arrives while the first delivery is still being published
-        waits for that publication instead of publishing again.
+        Each event's delivery runs as its own task that outlives a timed-out request:
+        a platform retry of the same message joins that delivery instead of sending a
+        second copy, so a 503 followed by a retry still yields one record.
         """
-        mine: list[Envelope] = []
-        waits: list[asyncio.Future[None]] = []
+        waits: list[asyncio.Task[None]] = []
+        fresh = 0
         for event in events:
             if self.recent.seen(event.event_id):
                 continue
-            pending = self._inflight.get(event.event_id)
-            if pending is not None:
-                waits.append(pending)
-            else:
-                self._inflight[event.event_id] = asyncio.get_running_loop().create_future()
-                mine.append(event)
-        if len(mine) < len(events):
-            metrics.DUPLICATES.labels(channel).inc(len(events) - len(mine))
-        try:
-            await self._publish_owned(channel, mine)
-        finally:
-            for event in mine:
-                future = self._inflight.pop(event.event_id)
-                if self.recent.seen(event.event_id):
-                    future.set_result(None)
-                else:
-                    future.set_exception(BrokerUnavailable("the first delivery failed"))
-                    future.exception()  # mark retrieved; waiters re-raise it themselves
+            task = self._inflight.get(event.event_id)
+            if task is None:
+                task = asyncio.create_task(self._deliver(channel, event))
+                self._inflight[event.event_id] = task
+                task.add_done_callback(self._delivery_done(event.event_id))
+                fresh += 1
+            waits.append(task)
+        if fresh < len(events):
+            metrics.DUPLICATES.labels(channel).inc(len(events) - fresh)
         if waits:
             try:
                 async with asyncio.timeout(self.publish_timeout_s):
-                    await asyncio.gather(*(asyncio.shield(w) for w in waits))
-            except TimeoutError:
-                raise BrokerUnavailable("first delivery still unacknowledged") from None
-        return len(mine)
+                    await asyncio.gather(*(asyncio.shield(t) for t in waits))
+            except (TimeoutError, KafkaError) as exc:
+                raise BrokerUnavailable(
+                    f"broker did not acknowledge: {type(exc).__name__}"
+                ) from None
+        return fresh
 
-    async def _publish_owned(self, channel: Channel, events: Sequence[Envelope]) -> None:
-        if not events:
-            return
+    async def _deliver(self, channel: Channel, event: Envelope) -> None:
         started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.publish_timeout_s):
-                await asyncio.gather(*(self.publisher.publish(e) for e in events))
-        except (TimeoutError, KafkaError) as exc:
-            raise BrokerUnavailable(f"broker did not acknowledge: {type(exc).__name__}") from None
+        delivery = await self.publisher.send(event)
+        await delivery
+        self.recent.add(event.event_id)
         metrics.PUBLISH_SECONDS.labels(channel).observe(time.perf_counter() - started)
-        for e in events:
-            self.recent.add(e.event_id)
-            metrics.EVENTS.labels(channel, e.type).inc()
+        metrics.EVENTS.labels(channel, event.type).inc()
+
+    def _delivery_done(self, event_id: uuid.UUID) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            self._inflight.pop(event_id, None)
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("delivery of %s failed: %r", event_id, task.exception())
+
+        return done
 
     def audit_rejection(
         self,
@@ -210,9 +206,10 @@ class Ingress:
             log.warning("could not publish audit event for a rejection: %s", type(exc).__name__)
 
     async def drain(self) -> None:
-        """Wait for pending audit publications (shutdown)."""
-        if self._audit_tasks:
-            await asyncio.wait(self._audit_tasks, timeout=self.publish_timeout_s * 2)
+        """Wait for deliveries and audit publications still under way (shutdown)."""
+        pending = {*self._audit_tasks, *self._inflight.values()}
+        if pending:
+            await asyncio.wait(pending, timeout=self.publish_timeout_s * 2)
 
 
 def now_utc() -> datetime:

@@ -78,4 +78,4 @@ class EmbeddedBroker:
 
     async def stop(self) -> None:
         if self._child:
-            await self._child.stop(timeout=5)
+            await self._child.stop(timeout=3)

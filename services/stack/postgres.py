@@ -197,7 +197,7 @@ class EmbeddedPostgres:
     async def stop(self) -> None:
         """Fast shutdown; waits for the checkpoint so the data dir is clean."""
         if self._child:
-            await self._child.stop(timeout=12)
+            await self._child.stop(timeout=5)
 
 
 async def install_extensions(superuser_db_url: str) -> None:

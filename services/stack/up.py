@@ -205,7 +205,7 @@ class Stack:
     async def stop(self) -> None:
         """Services first (they drain), then the broker, then PostgreSQL."""
         await asyncio.gather(
-            *(s.child.stop(timeout=8) for s in reversed(self.services)), return_exceptions=True
+            *(s.child.stop(timeout=6) for s in reversed(self.services)), return_exceptions=True
         )
         if self.broker:
             await self.broker.stop()

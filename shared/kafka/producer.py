@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
@@ -30,8 +32,16 @@ class EventPublisher:
         self._producer = producer
         self._topics = topics
 
-    async def publish(self, event: Envelope) -> RecordMetadata:
-        """Send and wait for the broker's acknowledgement."""
-        return await self._producer.send_and_wait(
+    async def send(self, event: Envelope) -> asyncio.Future[RecordMetadata]:
+        """Enqueue an event; the returned future resolves when the broker acknowledged it.
+
+        The delivery goes on even if the caller stops waiting, so callers that give up
+        must treat the event as possibly delivered.
+        """
+        return await self._producer.send(
             self._topics.for_event(event), value=encode(event), key=event.kafka_key()
         )
+
+    async def publish(self, event: Envelope) -> RecordMetadata:
+        """Send and wait for the broker's acknowledgement."""
+        return await (await self.send(event))
