@@ -120,7 +120,7 @@ def with_stack_file(settings: Settings, data_dir: Path) -> Settings:
             updates["kafka_idempotent_producer"] = False
     key_file = data_dir / "secret.key"
     if settings.secret_key is None and key_file.exists():
-        updates["secret_key"] = key_file.read_text().strip()
+        updates["secret_key"] = SecretStr(key_file.read_text().strip())
     return settings.model_copy(update=updates)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from services.stack.processes import free_port
 from shared.events import MessageInbound, Topics, decode
 from shared.kafka import EventPublisher, create_producer
 from shared.settings import load_settings
+from tests.support import read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -145,6 +147,69 @@ async def _produce_and_consume_one(info: dict) -> None:
         await consumer.stop()
 
 
+async def _cli_beside(data_dir: Path, *args: str) -> dict:
+    """Run the CLI the way an operator does next to `make run`: no exports at all."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS") and not k.startswith("SWITCHBOARD_")
+    }
+    env["SWITCHBOARD_DATA_DIR"] = str(data_dir)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return orjson.loads(out)
+
+
+async def _webhook_through_the_stack(info: dict, data_dir: Path) -> None:
+    assert stat.S_IMODE((data_dir / "secret.key").stat().st_mode) == 0o600
+    tenant = await _cli_beside(data_dir, "tenants", "create", "--name", "Stack Test")
+    bot = await _cli_beside(
+        data_dir,
+        "integrations",
+        "add",
+        "--tenant",
+        tenant["slug"],
+        "--channel",
+        "telegram",
+        "--credential",
+        "bot_token=1:x",
+        "--credential",
+        "secret_token=stack-secret",
+    )
+    update = {
+        "update_id": 1,
+        "message": {
+            "message_id": 9,
+            "date": 1763800000,
+            "text": "through the stack",
+            "chat": {"id": 31, "type": "private"},
+            "from": {"id": 31, "is_bot": False, "first_name": "Joan"},
+        },
+    }
+    async with (
+        ClientSession() as http,
+        http.post(
+            info["http_url"] + bot["webhook_path"],
+            json=update,
+            headers={"X-Telegram-Bot-Api-Secret-Token": "stack-secret"},
+        ) as resp,
+    ):
+        assert resp.status == 200
+    events = await read_topic(
+        info["kafka_bootstrap"], Topics(info["topic_prefix"]).inbound, expect=2
+    )
+    assert [e.text for e in events if e.external_id == "31:9"] == ["through the stack"]
+
+
 async def test_up_serves_stores_and_stops_with_nothing_left_behind(data_dir: Path) -> None:
     up = UpProcess(data_dir)
     try:
@@ -170,6 +235,7 @@ async def test_up_serves_stores_and_stops_with_nothing_left_behind(data_dir: Pat
             await conn.close()
 
         await _produce_and_consume_one(info)
+        await _webhook_through_the_stack(info, data_dir)
     finally:
         took = await asyncio.to_thread(up.stop)
     assert up.proc.returncode == 0, up.output()
