@@ -167,13 +167,15 @@ def _cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from services.workers import ROLES
+    from services.workers import ROLES, load_role
+    from services.workers.runtime import run_members
 
     if args.role not in ROLES:
         known = ", ".join(sorted(ROLES)) or "none yet"
         raise SwitchboardError(f"unknown worker role {args.role!r} (available: {known})")
-    ROLES[args.role](settings)
-    return 0
+    if args.instances < 1:
+        raise SwitchboardError("--instances must be at least 1")
+    return run_members(load_role(args.role), settings, instances=args.instances)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run one member of a worker role's consumer group")
     worker.add_argument("role")
+    worker.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="members of the consumer group to run in this process",
+    )
     worker.set_defaults(func=_cmd_worker)
     return parser
 

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     slack_timestamp_tolerance_s: int = Field(default=300, ge=1)
     widget_rate_limit_per_minute: int = Field(default=30, ge=1)
     widget_rate_limit_burst: int = Field(default=10, ge=1)
+    worker_batch_size: int = Field(default=2000, ge=1, le=100_000)
+    worker_linger_ms: int = Field(default=200, ge=0, le=60_000)
+    worker_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    worker_http_port: int | None = Field(
+        default=None, ge=0, le=65535, description="ops endpoints of a worker (0 = any port)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_timeout_s: float = Field(default=15.0, gt=0)
 

@@ -1,17 +1,24 @@
-"""Worker roles: one Kafka consumer group each, scaled by running more members.
+"""Worker roles: one Kafka consumer group each (``switchboard-<role>``), scaled by members.
 
-``ROLES`` maps a role name to its entry point; ``switchboard worker ROLE`` and
-``switchboard up`` start them. Roles are added by the persistence, agent, egress,
-analytics and audit work; none ships in the foundation.
+``switchboard worker ROLE [--instances N]`` runs members of one role; ``switchboard up``
+runs every role listed here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from typing import TYPE_CHECKING
 
-from shared.settings import Settings
+if TYPE_CHECKING:
+    from services.workers.runtime import RoleSpec
 
-RoleMain = Callable[[Settings], None]
+#: role name → "module:attribute" of its RoleSpec (imported only when that role runs).
+ROLES: dict[str, str] = {
+    "persister": "services.workers.persister.role:PERSISTER",
+}
 
-#: role name → blocking entry point that runs one consumer-group member until SIGTERM.
-ROLES: dict[str, RoleMain] = {}
+
+def load_role(name: str) -> RoleSpec:
+    """The RoleSpec of a role, by name."""
+    module, _, attr = ROLES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]

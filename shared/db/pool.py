@@ -19,13 +19,17 @@ WORKER_ROLE = "switchboard_worker"
 
 
 async def _init_connection(conn: asyncpg.Connection, role: str | None) -> None:
-    for type_name in ("json", "jsonb"):
-        await conn.set_type_codec(
-            type_name,
-            encoder=lambda v: orjson.dumps(v).decode(),
-            decoder=orjson.loads,
-            schema="pg_catalog",
-        )
+    # Binary codecs, so COPY (binary) can carry JSON too; jsonb's wire format is b"\x01" + text.
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda v: b"\x01" + orjson.dumps(v),
+        decoder=lambda b: orjson.loads(b[1:]),
+        schema="pg_catalog",
+        format="binary",
+    )
+    await conn.set_type_codec(
+        "json", encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog", format="binary"
+    )
     if role:
         # SET ROLE survives the pool's RESET ALL on release (role is not reset by it).
         await conn.execute(f'SET ROLE "{role}"')
@@ -61,3 +65,26 @@ async def tenant_transaction(
             "SELECT set_config('switchboard.tenant_id', $1, true)", str(uuid.UUID(str(tenant_id)))
         )
         yield conn
+
+
+#: Errors that mean "the database is not reachable right now", not "this data is bad".
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+@asynccontextmanager
+async def retriable_on_disconnect() -> AsyncIterator[None]:
+    """Translate a lost database into RetriableError, so callers back off and retry."""
+    from shared.errors import RetriableError
+
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        raise RetriableError(f"database unavailable: {type(exc).__name__}") from exc

@@ -1,0 +1,62 @@
+"""The ``persister`` role: inbound, outbound and status topics into channel_messages."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import asyncpg
+
+from services.workers.consumer import Handler, Item, PoisonRecords
+from services.workers.persister.rows import split
+from services.workers.persister.store import UnknownIntegrations, write_batch
+from services.workers.runtime import RoleSpec
+from shared.db.pool import create_pool, retriable_on_disconnect
+from shared.events import MessageInbound, MessageOutbound, MessageStatus
+from shared.kafka import EventPublisher
+from shared.settings import Settings
+
+
+@asynccontextmanager
+async def persister_handler(settings: Settings, _: EventPublisher) -> AsyncIterator[Handler]:
+    pool = await create_pool(settings.require_database_url(), min_size=1, max_size=2)
+
+    async def handle(items: Sequence[Item]) -> None:
+        try:
+            await write(items)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            # Some row breaks a constraint: find it by halving; the rest is stored.
+            if len(items) == 1:
+                raise PoisonRecords(items, f"rejected by the database: {exc.sqlstate}") from None
+            middle = len(items) // 2
+            await handle(items[:middle])
+            await handle(items[middle:])
+
+    async def write(items: Sequence[Item]) -> None:
+        messages, statuses, foreign = split(items)
+        if foreign:
+            raise PoisonRecords(foreign, "event type not stored by the persister")
+        async with retriable_on_disconnect():
+            try:
+                async with pool.acquire() as conn, conn.transaction():
+                    await write_batch(conn, messages, statuses)
+            except UnknownIntegrations as exc:
+                bad = [
+                    i
+                    for i in items
+                    if isinstance(i.event, MessageInbound | MessageOutbound | MessageStatus)
+                    and (i.event.tenant_id, i.event.integration_id) in exc.pairs
+                ]
+                raise PoisonRecords(bad, "unknown integration (tenant/integration pair)") from None
+
+    try:
+        yield handle
+    finally:
+        await pool.close()
+
+
+PERSISTER = RoleSpec(
+    name="persister",
+    topics=lambda t: (t.inbound, t.outbound, t.status),
+    handler=persister_handler,
+)

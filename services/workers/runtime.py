@@ -1,0 +1,141 @@
+"""Running one member of a role's consumer group: wiring, ops HTTP, signals, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer
+
+from services.workers.consumer import ConsumerLoop, Handler
+from shared.events import Topics
+from shared.kafka import EventPublisher, create_producer
+from shared.ops import add_ops_routes, add_readiness
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """What a role consumes and how it builds its handler from shared resources."""
+
+    name: str
+    topics: Callable[[Topics], Sequence[str]]
+    handler: Callable[[Settings, EventPublisher], AbstractAsyncContextManager[Handler]]
+
+    @property
+    def group_id(self) -> str:
+        return f"switchboard-{self.name}"
+
+
+def create_consumer(settings: Settings, group_id: str) -> AIOKafkaConsumer:
+    """A consumer that commits by hand, starts from the earliest offset, tolerates rebalances."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.require_kafka(),
+        group_id=group_id,
+        client_id=f"{settings.kafka_client_id}-{group_id}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_interval_ms=600_000,
+        session_timeout_ms=settings.worker_session_timeout_ms,
+        heartbeat_interval_ms=max(500, settings.worker_session_timeout_ms // 5),
+        fetch_max_bytes=50 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+
+
+async def run_role(
+    spec: RoleSpec, settings: Settings, *, stop: asyncio.Event | None = None
+) -> None:
+    """Consume until ``stop`` is set (or SIGTERM/SIGINT), then drain and commit."""
+    stop = stop or asyncio.Event()
+    topics = Topics(settings.topic_prefix)
+    producer = create_producer(settings)
+    await producer.start()
+    consumer = create_consumer(settings, spec.group_id)
+    publisher = EventPublisher(producer, topics)
+    try:
+        async with spec.handler(settings, publisher) as handler:
+            await consumer.start()
+            loop = ConsumerLoop(
+                role=spec.name,
+                consumer=consumer,
+                topics=spec.topics(topics),
+                handler=handler,
+                dead_letters=publisher,
+                batch_size=settings.worker_batch_size,
+                linger_ms=settings.worker_linger_ms,
+            )
+            async with _ops_server(settings, consumer):
+                task = asyncio.create_task(loop.run())
+                stopper = asyncio.create_task(stop.wait())
+                done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                loop.stop()
+                if task not in done:
+                    # Wake a getmany() that is waiting for records; a batch in hand finishes.
+                    async with loop.batch_lock:
+                        task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                else:
+                    stopper.cancel()
+                    task.result()
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+        await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def _ops_server(settings: Settings, consumer: AIOKafkaConsumer) -> AsyncIterator[None]:
+    if settings.worker_http_port is None:
+        yield
+        return
+    app = web.Application()
+    add_ops_routes(app)
+
+    async def assigned() -> None:
+        consumer.assignment()
+
+    add_readiness(app, "kafka", assigned)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.worker_http_port)
+    await site.start()
+    log.info("ops endpoints on %s", site.name)
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+def run_members(spec: RoleSpec, settings: Settings, *, instances: int = 1) -> int:
+    """Blocking: ``instances`` group members in this process until SIGTERM/SIGINT."""
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await asyncio.gather(
+            *(
+                run_role(
+                    spec,
+                    settings.model_copy(
+                        update={"worker_http_port": (settings.worker_http_port if n == 0 else None)}
+                    ),
+                    stop=stop,
+                )
+                for n in range(instances)
+            )
+        )
+
+    asyncio.run(go())
+    return 0
