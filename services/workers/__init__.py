@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 #: role name → "module:attribute" of its RoleSpec (imported only when that role runs).
 ROLES: dict[str, str] = {
     "persister": "services.workers.persister.role:PERSISTER",
+    "recovery-persister": "services.workers.persister.recovery:RECOVERY_PERSISTER",
+    "audit": "services.workers.audit.role:AUDIT",
 }
 
 

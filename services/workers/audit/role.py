@@ -1,0 +1,85 @@
+"""The ``audit`` role: audit events into the append-only, hash-chained ``audit_logs``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import asyncpg
+import orjson
+from prometheus_client import Counter
+
+from services.workers.audit.chain import parse_ip
+from services.workers.audit.store import append
+from services.workers.consumer import Handler, Item, PoisonRecords
+from services.workers.runtime import RoleSpec
+from shared.db.pool import create_pool, retriable_on_disconnect
+from shared.errors import RetriableError
+from shared.events import AuditEvent, Envelope
+from shared.kafka import EventPublisher
+from shared.settings import Settings
+
+APPENDED = Counter(
+    "switchboard_audit_rows_appended_total",
+    "Rows appended to audit hash chains, by chain kind (tenant or system).",
+    ["chain"],
+)
+SKIPPED = Counter(
+    "switchboard_audit_events_skipped_total",
+    "Audit events not appended because they were already stored (replays, duplicates).",
+)
+
+
+def unstorable(event: Envelope) -> str | None:
+    """Why an event can never be appended to a chain, or None when it can."""
+    if not isinstance(event, AuditEvent):
+        return "event type not stored by the audit role"
+    try:
+        parse_ip(event.ip_address)
+    except ValueError:
+        return "ip_address is not a single IPv4 or IPv6 address"
+    try:
+        orjson.dumps([event.before, event.after, event.metadata])
+    except orjson.JSONEncodeError:
+        return "before/after/metadata cannot be encoded as JSON"
+    return None
+
+
+@asynccontextmanager
+async def audit_handler(settings: Settings, _: EventPublisher) -> AsyncIterator[Handler]:
+    pool = await create_pool(settings.require_database_url(), min_size=1, max_size=2)
+
+    async def handle(items: Sequence[Item]) -> None:
+        reasons = {id(i): unstorable(i.event) for i in items}
+        for reason in dict.fromkeys(r for r in reasons.values() if r):
+            raise PoisonRecords([i for i in items if reasons[id(i)] == reason], reason)
+        try:
+            await write(items)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            # Some row breaks a constraint: find it by halving (order is kept, so each
+            # chain still grows in partition order); the rest is stored.
+            if len(items) == 1:
+                raise PoisonRecords(items, f"rejected by the database: {exc.sqlstate}") from None
+            middle = len(items) // 2
+            await handle(items[:middle])
+            await handle(items[middle:])
+
+    async def write(items: Sequence[Item]) -> None:
+        events = [i.event for i in items if isinstance(i.event, AuditEvent)]
+        async with retriable_on_disconnect():
+            try:
+                async with pool.acquire() as conn, conn.transaction():
+                    done = await append(conn, events)
+            except asyncpg.TransactionRollbackError as exc:  # deadlock, serialization
+                raise RetriableError(f"audit append rolled back: {exc.sqlstate}") from exc
+        APPENDED.labels("tenant").inc(done.tenant_rows)
+        APPENDED.labels("system").inc(done.system_rows)
+        SKIPPED.inc(done.skipped)
+
+    try:
+        yield handle
+    finally:
+        await pool.close()
+
+
+AUDIT = RoleSpec(name="audit", topics=lambda t: (t.audit,), handler=audit_handler)
