@@ -168,14 +168,98 @@ def _cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from services.workers import ROLES, load_role
-    from services.workers.runtime import run_members
+    from services.workers.runtime import RoleSpec, run_members
 
     if args.role not in ROLES:
         known = ", ".join(sorted(ROLES)) or "none yet"
         raise SwitchboardError(f"unknown worker role {args.role!r} (available: {known})")
     if args.instances < 1:
         raise SwitchboardError("--instances must be at least 1")
-    return run_members(load_role(args.role), settings, instances=args.instances)
+    role = load_role(args.role)
+    if not isinstance(role, RoleSpec):  # a role with its own consumer (faust): runs itself
+        return int(role.run_members(settings, instances=args.instances))
+    return run_members(role, settings, instances=args.instances)
+
+
+def _cmd_partitions(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.db.partitions import maintain, retention_from
+
+    retention: int | dict[str, int] = (
+        args.retention_months if args.retention_months is not None else retention_from(settings)
+    )
+    report = asyncio.run(
+        maintain(
+            settings.require_database_url(),
+            months_ahead=(
+                settings.partitions_months_ahead if args.months_ahead is None else args.months_ahead
+            ),
+            retention_months=retention,
+            archive_schema=args.archive_schema,
+        )
+    )
+    print(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from services.workers.audit.verify import run_verify
+
+    report = asyncio.run(run_verify(settings.require_database_url(), tenant=args.tenant))
+    print(orjson.dumps(report.as_json()).decode())
+    return 0 if report.ok else 1
+
+
+def _cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from services import dlq
+    from shared.events import Topics, utcnow
+    from shared.kafka import EventPublisher, create_producer
+
+    topics = Topics(settings.topic_prefix)
+    bootstrap = settings.require_kafka()
+    selection = dlq.Selection(
+        ids=frozenset(dlq.parse_id(v) for v in getattr(args, "id", None) or []),
+        source_topic=args.source_topic,
+        reason_contains=args.reason_contains,
+    )
+
+    async def list_() -> None:
+        now = utcnow()
+        async for record in dlq.select(bootstrap, topics.dlq, selection, limit=args.limit):
+            print(orjson.dumps(dlq.describe(record, now=now)).decode(), flush=True)
+
+    async def replay() -> None:
+        if not (selection.ids or args.all or selection.source_topic or selection.reason_contains):
+            raise SwitchboardError("replay needs --id P:O, --all, or a filter")
+        chosen = [r async for r in dlq.select(bootstrap, topics.dlq, selection, limit=args.limit)]
+        missing = selection.ids - {(r.partition, r.offset) for r in chosen}
+        if missing:
+            names = ", ".join(f"{p}:{o}" for p, o in sorted(missing))
+            raise SwitchboardError(f"no dead letter {names} in {topics.dlq}; nothing replayed")
+        print(dlq.REPLAY_WARNING, file=sys.stderr)
+        producer = create_producer(settings)
+        await producer.start()
+        try:
+            async for sent in dlq.replay(
+                chosen,
+                producer=producer,
+                audit=EventPublisher(producer, topics),
+                actor_id=f"cli:{getpass.getuser()}",
+                dlq_topic=topics.dlq,
+            ):
+                print(orjson.dumps(sent).decode(), flush=True)
+        finally:
+            await producer.stop()
+        print(f"replayed {len(chosen)} record(s)", file=sys.stderr)
+
+    asyncio.run(list_() if args.action == "list" else replay())
+    return 0
+
+
+def _cmd_analytics(args: argparse.Namespace, settings: Settings) -> int:
+    from services.workers.analytics.role import refresh_once
+
+    print(orjson.dumps(asyncio.run(refresh_once(settings))).decode())
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,6 +323,53 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("id")
     rotate.add_argument("--credential", action="append", default=[], metavar="KEY=VALUE")
     integrations.set_defaults(func=_cmd_admin)
+
+    partitions = sub.add_parser("partitions", help="partition maintenance")
+    part_sub = partitions.add_subparsers(dest="action", required=True)
+    maintain = part_sub.add_parser(
+        "maintain",
+        help="create partitions ahead, drain default partitions, archive old months; "
+        "prints a JSON report (run as the table owner, DATABASE_URL)",
+    )
+    maintain.add_argument("--months-ahead", type=int, default=None)
+    maintain.add_argument(
+        "--retention-months", type=int, default=None, help="for every table (default: settings)"
+    )
+    maintain.add_argument("--archive-schema", default="archive")
+    partitions.set_defaults(func=_cmd_partitions)
+
+    audit = sub.add_parser("audit", help="the hash-chained audit log")
+    audit_sub = audit.add_subparsers(dest="action", required=True)
+    verify = audit_sub.add_parser(
+        "verify",
+        help="walk the hash chains; prints JSON, exits 1 at the first broken row",
+    )
+    verify.add_argument(
+        "--tenant", default=None, help="tenant id or slug, or 'system' (default: every chain)"
+    )
+    audit.set_defaults(func=_cmd_audit)
+
+    dlq = sub.add_parser("dlq", help="the dead-letter topic: list and replay")
+    dlq_sub = dlq.add_subparsers(dest="action", required=True)
+    dlq_list = dlq_sub.add_parser("list", help="one JSON object per dead letter (id = P:O)")
+    dlq_replay = dlq_sub.add_parser(
+        "replay", help="send chosen dead letters back to their source topic (audited)"
+    )
+    dlq_replay.add_argument("--id", action="append", default=[], metavar="P:O")
+    dlq_replay.add_argument("--all", action="store_true", help="every record the filters match")
+    for p in (dlq_list, dlq_replay):
+        p.add_argument("--source-topic", default=None)
+        p.add_argument("--reason-contains", default=None, help="case-insensitive")
+        p.add_argument("--limit", type=int, default=None)
+    dlq.set_defaults(func=_cmd_dlq)
+
+    analytics = sub.add_parser("analytics", help="analytics tables and rollups")
+    analytics_sub = analytics.add_subparsers(dest="action", required=True)
+    analytics_sub.add_parser(
+        "refresh",
+        help="refresh the daily rollup materialized views (concurrently); prints JSON",
+    )
+    analytics.set_defaults(func=_cmd_analytics)
 
     worker = sub.add_parser("worker", help="run one member of a worker role's consumer group")
     worker.add_argument("role")

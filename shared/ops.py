@@ -14,6 +14,8 @@ from prometheus_client import (
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 _CHECKS: web.AppKey[dict[str, ReadinessCheck]] = web.AppKey("readiness_checks", dict)
+MetricsRefresh = Callable[[], Awaitable[None]]
+_REFRESH: web.AppKey[list[MetricsRefresh]] = web.AppKey("metrics_refresh", list)
 
 
 async def _healthz(_: web.Request) -> web.Response:
@@ -32,7 +34,9 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-async def _metrics(_: web.Request) -> web.Response:
+async def _metrics(request: web.Request) -> web.Response:
+    for refresh in request.app.get(_REFRESH, ()):
+        await refresh()
     return web.Response(
         body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )
@@ -44,6 +48,11 @@ def add_ops_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+
+
+def add_metrics_refresh(app: web.Application, refresh: MetricsRefresh) -> None:
+    """Run ``refresh`` before each scrape (for values read from elsewhere, e.g. the broker)."""
+    app.setdefault(_REFRESH, []).append(refresh)
 
 
 def add_readiness(app: web.Application, name: str, check: ReadinessCheck) -> None:

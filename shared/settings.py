@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1)
     sql_dir: Path = REPO_ROOT / "sql"
     partitions_months_ahead: int = Field(default=3, ge=0, le=36)
+    retention_months: int = Field(
+        default=24, ge=1, le=1200, description="months kept attached; older ones are archived"
+    )
+    audit_retention_months: int = Field(
+        default=84, ge=1, le=1200, description="retention of audit_logs (longer: evidence)"
+    )
+    partition_maintenance_interval_s: float = Field(default=3600.0, gt=0)
     secret_key: SecretStr | None = Field(
         default=None, description="base64 AES-256 key for integration credentials"
     )
@@ -64,6 +71,20 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_timeout_s: float = Field(default=15.0, gt=0)
+    analytics_flush_interval_s: float = Field(
+        default=2.0, gt=0, le=300, description="how often analytics aggregates are written"
+    )
+    analytics_flush_max_rows: int = Field(
+        default=5000, ge=1, description="pending aggregate rows that force an earlier write"
+    )
+    analytics_horizon_s: float = Field(
+        default=86400.0,
+        ge=600,
+        description="how long analytics state is kept; older messages are not counted",
+    )
+    analytics_rollup_refresh_s: float = Field(
+        default=300.0, ge=0, description="daily rollup refresh period (0 = only by the CLI)"
+    )
 
     @field_validator("topic_prefix")
     @classmethod

@@ -58,6 +58,8 @@ class Stack:
     services: list[_Service] = field(default_factory=list)
     database_url: str = ""
     kafka_bootstrap: str = ""
+    maintenance: asyncio.Task[None] | None = None
+    next_maintenance: float = 0.0
 
     @property
     def http_url(self) -> str:
@@ -85,6 +87,7 @@ class Stack:
 
         applied = await MigrationRunner(self.database_url, self.settings.sql_dir).up()
         log.info("migrations applied: %s", applied or "none pending")
+        await self._maintain_partitions()
         await ensure_topics(
             self.kafka_bootstrap,
             Topics(self.settings.topic_prefix).all(),
@@ -93,6 +96,17 @@ class Stack:
         )
         await self._start_services()
         self._write_stack_file()
+
+    async def _maintain_partitions(self) -> None:
+        """Partition maintenance as the migrator login; a failure waits for the next interval."""
+        from shared.db.partitions import maintain_with
+
+        interval = self.settings.partition_maintenance_interval_s
+        try:
+            await maintain_with(self.settings, self.database_url)
+        except Exception:  # the stack runs on without it; the next run retries
+            log.exception("partition maintenance failed; retrying in %.0fs", interval)
+        self.next_maintenance = time.monotonic() + interval
 
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -182,6 +196,10 @@ class Stack:
                     )
                     return 1
             now = time.monotonic()
+            if now >= self.next_maintenance and (
+                self.maintenance is None or self.maintenance.done()
+            ):
+                self.maintenance = asyncio.create_task(self._maintain_partitions())
             for service in self.services:
                 if service.child.running() or now < service.backoff_until:
                     continue
@@ -204,6 +222,10 @@ class Stack:
 
     async def stop(self) -> None:
         """Services first (they drain), then the broker, then PostgreSQL."""
+        if self.maintenance is not None and not self.maintenance.done():
+            self.maintenance.cancel()  # its transaction rolls back: nothing half-done
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.maintenance
         await asyncio.gather(
             *(s.child.stop(timeout=6) for s in reversed(self.services)), return_exceptions=True
         )

@@ -17,6 +17,8 @@ ROLES: dict[str, str] = {
     "persister": "services.workers.persister.role:PERSISTER",
     "recovery-persister": "services.workers.persister.recovery:RECOVERY_PERSISTER",
     "audit": "services.workers.audit.role:AUDIT",
+    # faust runs its own consumer: not a RoleSpec but an object with run_members().
+    "analytics": "services.workers.analytics.role:ANALYTICS",
 }
 
 

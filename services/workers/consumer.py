@@ -95,28 +95,97 @@ class ConsumerLoop:
         self._stopping.set()
 
     async def run(self) -> None:
-        self.consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
-        while not self._stopping.is_set():
-            batch = await self.consumer.getmany(
-                timeout_ms=self.linger_ms, max_records=self.batch_size
-            )
-            records = [r for rs in batch.values() for r in rs]
-            if not records:
-                continue
-            async with self.batch_lock:
-                await self._process(records)
-            await self._report_lag()
+        """Fetch, decode and write in a pipeline until stop() is called.
 
-    async def _process(self, records: list[ConsumerRecord]) -> None:
-        for r in records:
-            metrics.CONSUMED.labels(self.role, r.topic).inc()
+        Batch N+1 is fetched and decoded (Python CPU) while batch N is written (the
+        database's CPU); writes and commits stay strictly in order.
+        """
+        self.consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
+        writing: asyncio.Task[None] | None = None
+        try:
+            while not self._stopping.is_set():
+                records = await self._next_batch()
+                decoded = await self._decode(records) if records else None
+                if writing is not None:
+                    await asyncio.shield(writing)
+                    writing = None
+                if decoded is not None:
+                    writing = asyncio.create_task(self._write(records, *decoded))
+        finally:
+            if writing is not None:
+                await writing
+
+    async def _next_batch(self) -> list[ConsumerRecord]:
+        """Up to batch_size records, waiting at most linger_ms after the first one arrived."""
+        loop = asyncio.get_running_loop()
+        records: list[ConsumerRecord] = []
+        deadline: float | None = None
+        while len(records) < self.batch_size:
+            if deadline is None:
+                wait_ms = min(self.linger_ms, 500) if self.linger_ms else 500
+            else:
+                wait_ms = int(max(0.0, deadline - loop.time()) * 1000)
+            fetched = await self.consumer.getmany(
+                timeout_ms=wait_ms, max_records=self.batch_size - len(records)
+            )
+            got = [r for rs in fetched.values() for r in rs]
+            if got:
+                records.extend(got)
+                if deadline is None:
+                    deadline = loop.time() + self.linger_ms / 1000
+            if not got or (deadline is not None and loop.time() >= deadline):
+                break
+        return records
+
+    async def _decode(
+        self, records: list[ConsumerRecord]
+    ) -> tuple[list[Item], list[tuple[ConsumerRecord, str, str]]]:
+        """Validate every record; yields to the loop now and then so the batch being
+        written can send its next statement meanwhile."""
         items: list[Item] = []
         undecodable: list[tuple[ConsumerRecord, str, str]] = []
-        for r in records:
+        per_topic: dict[str, int] = {}
+        for n, r in enumerate(records, start=1):
+            per_topic[r.topic] = per_topic.get(r.topic, 0) + 1
             try:
                 items.append(Item(r, decode(r.value or b"")))
             except DeadLetterError as exc:
                 undecodable.append((r, str(exc), "undecodable"))
+            if n % 250 == 0:
+                await asyncio.sleep(0)
+        for topic, count in per_topic.items():
+            metrics.CONSUMED.labels(self.role, topic).inc(count)
+        return items, undecodable
+
+    async def _write(
+        self,
+        records: list[ConsumerRecord],
+        items: list[Item],
+        undecodable: list[tuple[ConsumerRecord, str, str]],
+    ) -> None:
+        async with self.batch_lock:
+            # Partitions revoked since this batch was fetched now belong to another
+            # member, which will read these records again: leave them to it.
+            owned = self.consumer.assignment()
+            if any(TopicPartition(r.topic, r.partition) not in owned for r in records):
+                keep = {
+                    (r.topic, r.partition)
+                    for r in records
+                    if TopicPartition(r.topic, r.partition) in owned
+                }
+                records = [r for r in records if (r.topic, r.partition) in keep]
+                items = [i for i in items if (i.record.topic, i.record.partition) in keep]
+                undecodable = [u for u in undecodable if (u[0].topic, u[0].partition) in keep]
+            if records:
+                await self._process(records, items, undecodable)
+        await self._report_lag()
+
+    async def _process(
+        self,
+        records: list[ConsumerRecord],
+        items: list[Item],
+        undecodable: list[tuple[ConsumerRecord, str, str]],
+    ) -> None:
         attempt = 0
         while True:
             try:
@@ -140,8 +209,11 @@ class ConsumerLoop:
                     delay,
                 )
                 await asyncio.sleep(delay)
+        per_topic: dict[str, int] = {}
         for r in records:
-            metrics.PROCESSED.labels(self.role, r.topic).inc()
+            per_topic[r.topic] = per_topic.get(r.topic, 0) + 1
+        for topic, count in per_topic.items():
+            metrics.PROCESSED.labels(self.role, topic).inc(count)
 
     async def _handle(self, items: list[Item]) -> list[tuple[ConsumerRecord, str, str]]:
         """Run the handler; poison it names is set aside and the rest retried at once."""

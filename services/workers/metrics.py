@@ -40,3 +40,9 @@ LAG = Gauge(
     ["role", "topic", "partition"],
     multiprocess_mode="max",
 )
+DLQ_DEPTH = Gauge(
+    "switchboard_dlq_depth",
+    "Records in the dead-letter topic (end offsets minus start offsets), read at scrape time.",
+    ["topic"],
+    multiprocess_mode="max",
+)

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 
+from services.dlq import refresh_depth_metric
 from services.workers.consumer import ConsumerLoop, Handler
 from shared.events import Topics
 from shared.kafka import EventPublisher, create_producer
-from shared.ops import add_ops_routes, add_readiness
+from shared.ops import add_metrics_refresh, add_ops_routes, add_readiness
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,17 +77,10 @@ async def run_role(
             async with _ops_server(settings, consumer):
                 task = asyncio.create_task(loop.run())
                 stopper = asyncio.create_task(stop.wait())
-                done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                loop.stop()
-                if task not in done:
-                    # Wake a getmany() that is waiting for records; a batch in hand finishes.
-                    async with loop.batch_lock:
-                        task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-                else:
-                    stopper.cancel()
-                    task.result()
+                await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                loop.stop()  # the loop finishes and commits the batch in hand, then returns
+                stopper.cancel()
+                await task
     finally:
         with contextlib.suppress(Exception):
             await consumer.stop()
@@ -105,6 +99,9 @@ async def _ops_server(settings: Settings, consumer: AIOKafkaConsumer) -> AsyncIt
         consumer.assignment()
 
     add_readiness(app, "kafka", assigned)
+    # The dead-letter depth is read from the broker at scrape time (see services.dlq).
+    dlq_topic = Topics(settings.topic_prefix).dlq
+    add_metrics_refresh(app, lambda: refresh_depth_metric(consumer, dlq_topic))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.worker_http_port)

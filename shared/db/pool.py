@@ -18,7 +18,9 @@ APP_ROLE = "switchboard_app"
 WORKER_ROLE = "switchboard_worker"
 
 
-async def _init_connection(conn: asyncpg.Connection, role: str | None) -> None:
+async def _init_connection(
+    conn: asyncpg.Connection, role: str | None, session_sql: str | None = None
+) -> None:
     # Binary codecs, so COPY (binary) can carry JSON too; jsonb's wire format is b"\x01" + text.
     await conn.set_type_codec(
         "jsonb",
@@ -33,17 +35,27 @@ async def _init_connection(conn: asyncpg.Connection, role: str | None) -> None:
     if role:
         # SET ROLE survives the pool's RESET ALL on release (role is not reset by it).
         await conn.execute(f'SET ROLE "{role}"')
+    if session_sql:
+        await conn.execute(session_sql)
 
 
 async def create_pool(
-    dsn: str, *, role: str | None = WORKER_ROLE, min_size: int = 1, max_size: int = 10
+    dsn: str,
+    *,
+    role: str | None = WORKER_ROLE,
+    min_size: int = 1,
+    max_size: int = 10,
+    session_sql: str | None = None,
 ) -> asyncpg.Pool:
-    """A pool whose connections act as ``role`` with orjson JSON codecs."""
+    """A pool whose connections act as ``role`` with orjson JSON codecs.
+
+    ``session_sql`` runs once per new connection (e.g. to create session temp tables).
+    """
     return await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
-        init=lambda conn: _init_connection(conn, role),
+        init=lambda conn: _init_connection(conn, role, session_sql),
     )
 
 

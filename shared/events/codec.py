@@ -44,12 +44,20 @@ def _check_version(event: Envelope) -> Envelope:
 
 
 def decode(data: bytes) -> Envelope:
-    """Parse any known event; raises UndecodableEvent with the reason otherwise."""
-    obj = _load(data)
+    """Parse any known event; raises UndecodableEvent with the reason otherwise.
+
+    The hot path validates the JSON bytes in pydantic-core directly (about twice as
+    fast as building Python objects first); only bytes it refuses take the slower
+    path that explains why.
+    """
     try:
-        event = _ANY_EVENT.validate_python(obj)
-    except ValidationError as exc:
-        raise UndecodableEvent(_summarize(exc)) from None
+        event = _ANY_EVENT.validate_json(data)
+    except ValidationError:
+        obj = _load(data)
+        try:
+            event = _ANY_EVENT.validate_python(obj)
+        except ValidationError as exc:
+            raise UndecodableEvent(_summarize(exc)) from None
     return _check_version(event)
 
 

@@ -7,6 +7,7 @@ Run with ``make bench``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
 import uuid
@@ -81,6 +82,9 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, float] = {}
     results.update(bench_codec())
+    from tests.bench.persister import run as bench_persister
+
+    results.update(asyncio.run(bench_persister()))
     args.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     for key, value in results.items():
         print(f"{key:40s} {value}")

@@ -9,7 +9,7 @@ import asyncpg
 
 from services.workers.consumer import Handler, Item, PoisonRecords
 from services.workers.persister.rows import split
-from services.workers.persister.store import UnknownIntegrations, write_batch
+from services.workers.persister.store import STAGING_SQL, UnknownIntegrations, write_batch
 from services.workers.runtime import RoleSpec
 from shared.db.pool import create_pool, retriable_on_disconnect
 from shared.events import MessageInbound, MessageOutbound, MessageStatus
@@ -19,7 +19,9 @@ from shared.settings import Settings
 
 @asynccontextmanager
 async def persister_handler(settings: Settings, _: EventPublisher) -> AsyncIterator[Handler]:
-    pool = await create_pool(settings.require_database_url(), min_size=1, max_size=2)
+    pool = await create_pool(
+        settings.require_database_url(), min_size=1, max_size=2, session_sql=STAGING_SQL
+    )
 
     async def handle(items: Sequence[Item]) -> None:
         try:

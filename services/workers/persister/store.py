@@ -21,7 +21,7 @@ import asyncpg
 
 from services.workers.persister.rows import MESSAGE_COLUMNS, STATUS_COLUMNS
 
-_STAGING = """
+STAGING_SQL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_messages (
     tenant_id uuid, integration_id uuid, channel text, direction text, external_id text,
     conversation_key text, sender_id text, sender_name text, text text, message_type text,
@@ -205,8 +205,7 @@ async def write_batch(
     messages: Sequence[tuple[Any, ...]],
     statuses: Sequence[tuple[Any, ...]],
 ) -> None:
-    """Store one batch; the caller owns the transaction."""
-    await conn.execute(_STAGING)
+    """Store one batch; the caller owns the transaction and created STAGING_SQL."""
     if messages:
         await conn.copy_records_to_table(
             "stage_messages", records=messages, columns=MESSAGE_COLUMNS
@@ -217,13 +216,14 @@ async def write_batch(
     if unknown:
         raise UnknownIntegrations({(r["tenant_id"], r["integration_id"]) for r in unknown})
     touched: set[tuple[uuid.UUID, uuid.UUID, str]] = set()
+    outbound = [r for r in messages if r[3] == "outbound"]
     if messages:
         await conn.execute(_INSERT_MESSAGES)
         if any(r[15] is not None for r in messages):  # edited_at
             await conn.execute(_APPLY_EDITS)
-        touched |= {(r[0], r[1], r[5]) for r in messages if r[3] == "outbound"}
-    await conn.execute(_CLAIM_PENDING)
-    if statuses or messages:
+        touched |= {(r[0], r[1], r[5]) for r in outbound}
+    if statuses or outbound:  # only then can a status, new or pending, apply
+        await conn.execute(_CLAIM_PENDING)
         await conn.execute(_LEARN_PLATFORM_IDS)
         rows = await conn.fetch(_APPLY_STATUSES)
         touched |= {(r["tenant_id"], r["integration_id"], r["conversation_key"]) for r in rows}

@@ -349,7 +349,7 @@ async def test_websocket_hello_ack_and_push(ingress, widget, http) -> None:
         # The server forgets the socket once its handler has seen the close.
         registry = ingress.app[SOCKETS]
         async with asyncio.timeout(5):
-            while registry.count(widget.id, "chat-1") != 1:  # noqa: ASYNC110
+            while registry.count(widget.id, "chat-1") != 1:
                 await asyncio.sleep(0.01)
         assert await push(ingress.app, widget.id, "chat-1", {"type": "message", "text": "x"}) == 1
         assert (await ws.receive_json(timeout=5))["text"] == "x"
