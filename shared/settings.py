@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     )
     kafka_client_id: str = "switchboard"
     topic_prefix: str = "sb."
+    consumer_group_prefix: str = Field(
+        default="switchboard-", description="consumer groups are <prefix><role>"
+    )
     topic_partitions: int = Field(default=6, ge=1, le=1024)
     topic_replication_factor: int = Field(default=1, ge=1, le=16)
     data_dir: Path = Path(".data")

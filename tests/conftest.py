@@ -150,6 +150,7 @@ def settings(infra: Infra, topics: Topics, db_url: str) -> Settings:
         kafka_bootstrap_servers=infra.bootstrap,
         topic_prefix=topics.prefix,
         topic_partitions=3,
+        consumer_group_prefix=f"switchboard-{topics.prefix}",  # groups of this test only
         kafka_idempotent_producer=not infra.embedded_broker,
     )
 

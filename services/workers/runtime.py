@@ -31,9 +31,8 @@ class RoleSpec:
     topics: Callable[[Topics], Sequence[str]]
     handler: Callable[[Settings, EventPublisher], AbstractAsyncContextManager[Handler]]
 
-    @property
-    def group_id(self) -> str:
-        return f"switchboard-{self.name}"
+    def group_id(self, settings: Settings) -> str:
+        return f"{settings.consumer_group_prefix}{self.name}"
 
 
 def create_consumer(settings: Settings, group_id: str) -> AIOKafkaConsumer:
@@ -60,7 +59,7 @@ async def run_role(
     topics = Topics(settings.topic_prefix)
     producer = create_producer(settings)
     await producer.start()
-    consumer = create_consumer(settings, spec.group_id)
+    consumer = create_consumer(settings, spec.group_id(settings))
     publisher = EventPublisher(producer, topics)
     try:
         async with spec.handler(settings, publisher) as handler:

@@ -97,7 +97,10 @@ async def _setup(db_url: str, bootstrap: str) -> tuple[Integration, Topics]:
     return integration, topics
 
 
-async def _produce(bootstrap: str, topics: Topics, integration: Integration) -> None:
+async def _produce(
+    bootstrap: str, topics: Topics, integration: Integration, *, pause_s: float = 0.0
+) -> None:
+    """Publish TOTAL messages in chunks of 500, pausing between chunks if asked."""
     from shared.settings import load_settings
 
     producer = create_producer(
@@ -109,7 +112,7 @@ async def _produce(bootstrap: str, topics: Topics, integration: Integration) -> 
     try:
         publisher = EventPublisher(producer, topics)
         base = datetime.now(UTC).replace(microsecond=0)
-        for start in range(0, TOTAL, 2000):
+        for start in range(0, TOTAL, 500):
             futures = [
                 await publisher.send(
                     MessageInbound(
@@ -123,9 +126,10 @@ async def _produce(bootstrap: str, topics: Topics, integration: Integration) -> 
                         sent_at=base + timedelta(milliseconds=n),
                     )
                 )
-                for n in range(start, min(TOTAL, start + 2000))
+                for n in range(start, min(TOTAL, start + 500))
             ]
             await asyncio.gather(*futures)
+            await asyncio.sleep(pause_s)
     finally:
         await producer.stop()
 
@@ -137,6 +141,7 @@ def _env(db_url: str, bootstrap: str, topics: Topics) -> dict[str, str]:
             "DATABASE_URL": db_url,
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "SWITCHBOARD_TOPIC_PREFIX": topics.prefix,
+            "SWITCHBOARD_CONSUMER_GROUP_PREFIX": f"switchboard-{topics.prefix}",
             "SWITCHBOARD_KAFKA_IDEMPOTENT_PRODUCER": "false",
             "SWITCHBOARD_WORKER_BATCH_SIZE": "250",
             "SWITCHBOARD_WORKER_SESSION_TIMEOUT_MS": "6000",
@@ -198,10 +203,11 @@ async def test_two_members_split_the_work_and_survive_a_sigkill(
     db_url: str, infra: Infra, members: list[Member], tmp_path: Path
 ) -> None:
     integration, topics = await _setup(db_url, infra.bootstrap)
-    await _produce(infra.bootstrap, topics, integration)
     env = _env(db_url, infra.bootstrap, topics)
     members += [Member(env, tmp_path / "a.log"), Member(env, tmp_path / "b.log")]
     victim, survivor = members
+    # A steady stream (about 20 s), so the kill lands while messages still flow.
+    producing = asyncio.create_task(_produce(infra.bootstrap, topics, integration, pause_s=0.5))
 
     deadline = asyncio.get_running_loop().time() + 60
     while asyncio.get_running_loop().time() < deadline:
@@ -213,7 +219,9 @@ async def test_two_members_split_the_work_and_survive_a_sigkill(
     victim.proc.send_signal(signal.SIGKILL)
     victim.proc.wait()
     at_kill = await _count(db_url, integration)
-    assert 0 < at_kill < TOTAL, "the kill must land in the middle of the run"
+    assert not producing.done(), "the kill must land in the middle of the run"
+    assert 0 < at_kill < TOTAL
+    await producing
 
     assert await _wait_for_count(db_url, integration, TOTAL, timeout=120) == TOTAL
     await asyncio.sleep(1.0)  # anything duplicated would land now

@@ -50,7 +50,6 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 ROLE = "analytics"
-APP_ID = f"switchboard-{ROLE}"
 
 
 class _IdempotentProducer(AIOKafkaProducerService):
@@ -90,10 +89,11 @@ def create_app(
     ``datadir`` must exist; faust requires one although the memory store writes nothing.
     """
     topics = Topics(settings.topic_prefix)
+    app_id = f"{settings.consumer_group_prefix}{ROLE}"  # faust's app id is its group id
     horizon = settings.analytics_horizon_s
     session_s = settings.worker_session_timeout_ms / 1000
     app = AnalyticsApp(
-        APP_ID,
+        app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.require_kafka().split(",")],
         store="memory://",
         key_serializer="raw",
@@ -103,7 +103,7 @@ def create_app(
         web_enabled=False,
         autodiscover=False,
         datadir=str(datadir),
-        broker_client_id=f"{settings.kafka_client_id}-{APP_ID}",
+        broker_client_id=f"{settings.kafka_client_id}-{app_id}",
         broker_session_timeout=session_s,
         broker_rebalance_timeout=session_s,
         broker_heartbeat_interval=max(0.5, session_s / 5),
@@ -130,7 +130,7 @@ def create_app(
     source = app.topic(topics.inbound, topics.outbound)
     dead_letters = app.topic(topics.dlq)
     by_count_key = app.topic(
-        f"{APP_ID}-{ns}message-counts-repartition",
+        f"{app_id}-{ns}message-counts-repartition",
         internal=True,
         partitions=settings.topic_partitions,
     )
@@ -143,7 +143,7 @@ def create_app(
                 DeadLetter(
                     reason=reason[:2000],
                     error_class=kind,
-                    consumer_group=APP_ID,
+                    consumer_group=app_id,
                     source_topic=msg.topic,
                     source_partition=msg.partition,
                     source_offset=msg.offset,

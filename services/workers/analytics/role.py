@@ -216,9 +216,8 @@ class StandaloneRole:
     name: str
     run_members: Callable[..., int]
 
-    @property
-    def group_id(self) -> str:
-        return f"switchboard-{self.name}"
+    def group_id(self, settings: Settings) -> str:
+        return f"{settings.consumer_group_prefix}{self.name}"
 
 
 ANALYTICS = StandaloneRole(ROLE, run_members)

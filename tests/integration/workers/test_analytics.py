@@ -247,7 +247,7 @@ async def test_window_counts_and_first_responses_are_exact_replay_safe_and_resta
 
     dead = await read_topic(analytics_settings.require_kafka(), topics.dlq, expect=1)
     assert [(d.consumer_group, d.error_class, d.original_value) for d in dead] == [
-        ("switchboard-analytics", "undecodable", b"not an event")
+        (f"{analytics_settings.consumer_group_prefix}analytics", "undecodable", b"not an event")
     ]
     assert all(isinstance(d, DeadLetter) for d in dead)
 

@@ -232,5 +232,5 @@ async def test_poison_goes_to_the_dead_letter_topic_and_the_partition_moves_on(
     ]
     first = next(d for d in dead if d.original_key == b"k1")  # type: ignore[union-attr]
     assert first.original_value == b"\x00 not json"  # type: ignore[union-attr]
-    assert first.consumer_group == "switchboard-persister"  # type: ignore[union-attr]
+    assert first.consumer_group == f"{worker_settings.consumer_group_prefix}persister"  # type: ignore[union-attr]
     assert "unknown integration" in next(d.reason for d in dead if d.error_class == "rejected")  # type: ignore[union-attr]
