@@ -88,15 +88,23 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # A connection left mid-operation by a lost server: unusable, not a data problem.
+    asyncpg.exceptions._base.InternalClientError,
 )
 
 
 @asynccontextmanager
-async def retriable_on_disconnect() -> AsyncIterator[None]:
-    """Translate a lost database into RetriableError, so callers back off and retry."""
+async def retriable_on_disconnect(pool: asyncpg.Pool | None = None) -> AsyncIterator[None]:
+    """Translate a lost database into RetriableError, so callers back off and retry.
+
+    With ``pool``, its connections are also expired: after a server restart they are
+    all dead, and the retry must not pick one of them.
+    """
     from shared.errors import RetriableError
 
     try:
         yield
     except CONNECTION_ERRORS as exc:
+        if pool is not None:
+            await pool.expire_connections()
         raise RetriableError(f"database unavailable: {type(exc).__name__}") from exc

@@ -80,7 +80,7 @@ class Flusher:
                 return
             started = time.perf_counter()
             try:
-                async with retriable_on_disconnect():
+                async with retriable_on_disconnect(self._pool):
                     await self._write(counts, conversations)
             except BaseException:
                 for key, value in counts.items():

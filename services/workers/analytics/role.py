@@ -129,7 +129,7 @@ async def _refresh_forever(pool: asyncpg.Pool, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
-            async with retriable_on_disconnect(), pool.acquire() as conn:
+            async with retriable_on_disconnect(pool), pool.acquire() as conn:
                 started = time.perf_counter()
                 if await refresh_rollups(conn, wait=False):
                     metrics.ROLLUP_REFRESH_SECONDS.observe(time.perf_counter() - started)

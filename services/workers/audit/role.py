@@ -66,7 +66,7 @@ async def audit_handler(settings: Settings, _: EventPublisher) -> AsyncIterator[
 
     async def write(items: Sequence[Item]) -> None:
         events = [i.event for i in items if isinstance(i.event, AuditEvent)]
-        async with retriable_on_disconnect():
+        async with retriable_on_disconnect(pool):
             try:
                 async with pool.acquire() as conn, conn.transaction():
                     done = await append(conn, events)

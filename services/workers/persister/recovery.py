@@ -115,7 +115,7 @@ async def recovery_handler(settings: Settings, _: EventPublisher) -> AsyncIterat
         if foreign:
             raise PoisonRecords(foreign, "event type not stored by the recovery persister")
         rows = [recovery_row(i.event) for i in items]  # type: ignore[arg-type]
-        async with retriable_on_disconnect():
+        async with retriable_on_disconnect(pool):
             try:
                 async with pool.acquire() as conn, conn.transaction():
                     await write_recovery_batch(conn, rows)

@@ -38,7 +38,7 @@ async def persister_handler(settings: Settings, _: EventPublisher) -> AsyncItera
         messages, statuses, foreign = split(items)
         if foreign:
             raise PoisonRecords(foreign, "event type not stored by the persister")
-        async with retriable_on_disconnect():
+        async with retriable_on_disconnect(pool):
             try:
                 async with pool.acquire() as conn, conn.transaction():
                     await write_batch(conn, messages, statuses)
