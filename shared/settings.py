@@ -88,6 +88,23 @@ class Settings(BaseSettings):
     analytics_rollup_refresh_s: float = Field(
         default=300.0, ge=0, description="daily rollup refresh period (0 = only by the CLI)"
     )
+    # Egress: platform API endpoints (tests point them at local stand-ins) and pacing.
+    telegram_api_base: str = "https://api.telegram.org"
+    slack_api_base: str = "https://slack.com"
+    whatsapp_api_base: str = "https://graph.facebook.com"
+    whatsapp_api_version: str = Field(default="v21.0", pattern=r"^v\d+\.\d+$")
+    egress_http_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    egress_telegram_per_bot_per_s: float = Field(default=30.0, gt=0)
+    egress_telegram_per_chat_per_s: float = Field(default=1.0, gt=0)
+    egress_telegram_per_group_per_min: float = Field(default=20.0, gt=0)
+    egress_slack_per_channel_per_s: float = Field(default=1.0, gt=0)
+    egress_whatsapp_per_number_per_s: float = Field(default=80.0, gt=0)
+    egress_whatsapp_per_recipient_per_s: float = Field(
+        default=1 / 6, gt=0, description="Meta's pair rate: one message per 6 s to one user"
+    )
+    egress_conversation_burst: int = Field(
+        default=3, ge=1, le=45, description="messages one chat/channel/recipient may get at once"
+    )
 
     @field_validator("topic_prefix")
     @classmethod

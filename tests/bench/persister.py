@@ -186,7 +186,7 @@ async def run() -> dict[str, float]:
                 kafka_bootstrap_servers=broker.bootstrap_servers,
                 topic_prefix=topics.prefix,
                 kafka_idempotent_producer=False,
-                worker_batch_size=5000,
+                worker_batch_size=10000,
                 worker_linger_ms=100,
             )
             persister = await persister_rate(settings)
