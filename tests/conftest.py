@@ -7,6 +7,8 @@ embedded ones (the URL's user must be allowed to CREATE DATABASE).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -50,11 +52,14 @@ class Infra:
 
 
 @pytest.fixture(scope="session")
-async def infra(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Infra]:
+async def infra() -> AsyncIterator[Infra]:
     external_db = os.environ.get("DATABASE_URL")
     external_kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     postgres = broker = None
-    base: Path = tmp_path_factory.mktemp("stack")
+    # Not under pytest's basetemp: another pytest run on the machine prunes old basetemps,
+    # which would pull the data directory out from under the running PostgreSQL.
+    base = Path(tempfile.mkdtemp(prefix="switchboard-tests-"))
+    base.chmod(0o755)
     try:
         if external_db:
             admin_url, owner = external_db, URL(external_db).user or "postgres"
@@ -74,6 +79,7 @@ async def infra(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Infra
             await broker.stop()
         if postgres:
             await postgres.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 async def create_database(infra: Infra, name: str, *, template: str | None = None) -> str:
