@@ -15,6 +15,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.crypto import CredentialCipher
+from shared.db.pool import CONNECTION_ERRORS
 from shared.errors import RejectError, RetriableError, SwitchboardError
 from shared.events import Channel
 
@@ -186,13 +187,7 @@ class IntegrationStore:
                 integration_id,
                 timeout=5,
             )
-        except (
-            OSError,
-            TimeoutError,
-            asyncpg.InterfaceError,
-            asyncpg.PostgresConnectionError,
-            asyncpg.CannotConnectNowError,
-        ) as exc:
+        except CONNECTION_ERRORS as exc:
             raise RetriableError(f"database unavailable: {type(exc).__name__}") from None
         return self._decode(row) if row else None
 

@@ -12,6 +12,7 @@ from prometheus_client import Counter
 from services.workers.audit.chain import parse_ip
 from services.workers.audit.store import append
 from services.workers.consumer import Handler, Item, PoisonRecords
+from services.workers.rejects import isolating_rejects
 from services.workers.runtime import RoleSpec
 from shared.db.pool import create_pool, retriable_on_disconnect
 from shared.errors import RetriableError
@@ -53,16 +54,9 @@ async def audit_handler(settings: Settings, _: EventPublisher) -> AsyncIterator[
         reasons = {id(i): unstorable(i.event) for i in items}
         for reason in dict.fromkeys(r for r in reasons.values() if r):
             raise PoisonRecords([i for i in items if reasons[id(i)] == reason], reason)
-        try:
-            await write(items)
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-            # Some row breaks a constraint: find it by halving (order is kept, so each
-            # chain still grows in partition order); the rest is stored.
-            if len(items) == 1:
-                raise PoisonRecords(items, f"rejected by the database: {exc.sqlstate}") from None
-            middle = len(items) // 2
-            await handle(items[:middle])
-            await handle(items[middle:])
+        # A refused row is found by halving; order is kept, so each chain still grows
+        # in partition order.
+        await store(items)
 
     async def write(items: Sequence[Item]) -> None:
         events = [i.event for i in items if isinstance(i.event, AuditEvent)]
@@ -76,6 +70,7 @@ async def audit_handler(settings: Settings, _: EventPublisher) -> AsyncIterator[
         APPENDED.labels("system").inc(done.system_rows)
         SKIPPED.inc(done.skipped)
 
+    store = isolating_rejects(write)
     try:
         yield handle
     finally:

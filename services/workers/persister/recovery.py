@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from services.workers.consumer import Handler, Item, PoisonRecords
+from services.workers.rejects import isolating_rejects
 from services.workers.runtime import RoleSpec
 from shared.db.pool import create_pool, retriable_on_disconnect
 from shared.events import RecoveryEvent
@@ -99,17 +100,6 @@ async def write_recovery_batch(conn: asyncpg.Connection, rows: Sequence[tuple[An
 async def recovery_handler(settings: Settings, _: EventPublisher) -> AsyncIterator[Handler]:
     pool = await create_pool(settings.require_database_url(), min_size=1, max_size=2)
 
-    async def handle(items: Sequence[Item]) -> None:
-        try:
-            await write(items)
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-            # Some row breaks a constraint: find it by halving; the rest is stored.
-            if len(items) == 1:
-                raise PoisonRecords(items, f"rejected by the database: {exc.sqlstate}") from None
-            middle = len(items) // 2
-            await handle(items[:middle])
-            await handle(items[middle:])
-
     async def write(items: Sequence[Item]) -> None:
         foreign = [i for i in items if not isinstance(i.event, RecoveryEvent)]
         if foreign:
@@ -128,7 +118,7 @@ async def recovery_handler(settings: Settings, _: EventPublisher) -> AsyncIterat
                 raise PoisonRecords(bad, "unknown campaign (tenant/campaign pair)") from None
 
     try:
-        yield handle
+        yield isolating_rejects(write)
     finally:
         await pool.close()
 

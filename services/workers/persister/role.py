@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-import asyncpg
-
 from services.workers.consumer import Handler, Item, PoisonRecords
 from services.workers.persister.rows import split
 from services.workers.persister.store import STAGING_SQL, UnknownIntegrations, write_batch
+from services.workers.rejects import isolating_rejects
 from services.workers.runtime import RoleSpec
 from shared.db.pool import create_pool, retriable_on_disconnect
 from shared.events import MessageInbound, MessageOutbound, MessageStatus
@@ -22,17 +21,6 @@ async def persister_handler(settings: Settings, _: EventPublisher) -> AsyncItera
     pool = await create_pool(
         settings.require_database_url(), min_size=1, max_size=2, session_sql=STAGING_SQL
     )
-
-    async def handle(items: Sequence[Item]) -> None:
-        try:
-            await write(items)
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-            # Some row breaks a constraint: find it by halving; the rest is stored.
-            if len(items) == 1:
-                raise PoisonRecords(items, f"rejected by the database: {exc.sqlstate}") from None
-            middle = len(items) // 2
-            await handle(items[:middle])
-            await handle(items[middle:])
 
     async def write(items: Sequence[Item]) -> None:
         messages, statuses, foreign = split(items)
@@ -52,7 +40,7 @@ async def persister_handler(settings: Settings, _: EventPublisher) -> AsyncItera
                 raise PoisonRecords(bad, "unknown integration (tenant/integration pair)") from None
 
     try:
-        yield handle
+        yield isolating_rejects(write)
     finally:
         await pool.close()
 
