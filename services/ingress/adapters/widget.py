@@ -13,12 +13,13 @@ import math
 import re
 import secrets
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 from aiohttp import WSMsgType, web
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from services.ingress.pipeline import AdapterResult, Rejected, WebhookRequest, now_utc
 from services.ingress.webhooks import INGRESS, guarded, read_body
@@ -60,6 +61,23 @@ class WidgetMessage(BaseModel):
     visitor_id: WidgetId
     text: WidgetText
     client_message_id: WidgetId | None = None
+    # When the visitor first sent it; a resend carries the same time, so the stored row
+    # (keyed by the platform timestamp) is the same however late the resend comes.
+    sent_at: AwareDatetime | None = None
+
+
+#: A client clock is trusted only this far from ours.
+CLIENT_CLOCK_PAST = timedelta(minutes=10)
+CLIENT_CLOCK_FUTURE = timedelta(minutes=1)
+
+
+def message_time(claimed: datetime | None, received_at: datetime) -> datetime:
+    """The client's send time when plausible, else the time we received it."""
+    if claimed is None:
+        return received_at
+    if received_at - CLIENT_CLOCK_PAST <= claimed <= received_at + CLIENT_CLOCK_FUTURE:
+        return claimed.astimezone(UTC)
+    return received_at
 
 
 def describe(exc: ValidationError) -> str:
@@ -132,7 +150,7 @@ class WidgetAdapter:
             sender_id=message.visitor_id,
             text=message.text,
             message_type="text",
-            sent_at=request.received_at,
+            sent_at=message_time(message.sent_at, request.received_at),
             raw=body,
         )
         return AdapterResult(

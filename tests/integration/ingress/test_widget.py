@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -150,6 +150,25 @@ async def test_resent_client_message_id_is_published_once(ingress, widget, http)
     events = await ingress.events(ingress.topics.inbound, expect=1)
     assert len(events) == 1
     assert events[0].external_id == body["client_message_id"]
+
+
+async def test_the_visitors_send_time_is_kept_when_plausible(ingress, widget, http) -> None:
+    """A resend carries its first send time, so a late resend maps to the same stored row."""
+    now = datetime.now(UTC)
+    plausible = (now - timedelta(minutes=3)).replace(microsecond=123000)
+    far_past = now - timedelta(days=2)
+    bodies = [
+        message(client_message_id="late-resend", sent_at=plausible.isoformat()),
+        message(client_message_id="bad-clock", sent_at=far_past.isoformat()),
+    ]
+    for body in bodies:
+        assert (await post(http, messages_url(ingress, widget.id), body))[0] == 202
+    naive = message(client_message_id="naive", sent_at="2026-11-22T10:00:00")
+    assert (await post(http, messages_url(ingress, widget.id), naive))[0] == 400
+
+    events = {e.external_id: e for e in await ingress.events(ingress.topics.inbound, expect=2)}
+    assert events["late-resend"].sent_at == plausible
+    assert abs(events["bad-clock"].sent_at - datetime.now(UTC)) < timedelta(minutes=1)
 
 
 async def test_same_client_message_id_in_another_session_is_another_message(
