@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
@@ -112,8 +112,14 @@ async def _ops_server(settings: Settings, consumer: AIOKafkaConsumer) -> AsyncIt
         await runner.cleanup()
 
 
-def run_members(spec: RoleSpec, settings: Settings, *, instances: int = 1) -> int:
-    """Blocking: ``instances`` group members in this process until SIGTERM/SIGINT."""
+MemberMain = Callable[[Settings, asyncio.Event], Awaitable[None]]
+
+
+def run_instances(member: MemberMain, settings: Settings, *, instances: int = 1) -> int:
+    """Blocking: ``instances`` members in this process until SIGTERM/SIGINT.
+
+    Only the first member serves the ops endpoints (they would clash on one port).
+    """
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -122,12 +128,11 @@ def run_members(spec: RoleSpec, settings: Settings, *, instances: int = 1) -> in
             loop.add_signal_handler(sig, stop.set)
         await asyncio.gather(
             *(
-                run_role(
-                    spec,
+                member(
                     settings.model_copy(
                         update={"worker_http_port": (settings.worker_http_port if n == 0 else None)}
                     ),
-                    stop=stop,
+                    stop,
                 )
                 for n in range(instances)
             )
@@ -135,3 +140,10 @@ def run_members(spec: RoleSpec, settings: Settings, *, instances: int = 1) -> in
 
     asyncio.run(go())
     return 0
+
+
+def run_members(spec: RoleSpec, settings: Settings, *, instances: int = 1) -> int:
+    """Blocking: ``instances`` members of a RoleSpec's group until SIGTERM/SIGINT."""
+    return run_instances(
+        lambda s, stop: run_role(spec, s, stop=stop), settings, instances=instances
+    )

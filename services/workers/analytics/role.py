@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +24,7 @@ from services.workers.analytics import metrics
 from services.workers.analytics.app import ROLE, AnalyticsApp, create_app
 from services.workers.analytics.flusher import Flusher
 from services.workers.analytics.store import refresh_rollups
+from services.workers.runtime import run_instances
 from shared.db.pool import connect, create_pool, retriable_on_disconnect
 from shared.errors import ConfigurationError, RetriableError
 from shared.events import Topics
@@ -188,25 +188,7 @@ def run_members(settings: Settings, *, instances: int = 1) -> int:
         logger = logging.getLogger(noisy)
         logger.setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
 
-    async def go() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await asyncio.gather(
-            *(
-                run(
-                    settings.model_copy(
-                        update={"worker_http_port": (settings.worker_http_port if n == 0 else None)}
-                    ),
-                    stop=stop,
-                )
-                for n in range(instances)
-            )
-        )
-
-    asyncio.run(go())
-    return 0
+    return run_instances(lambda s, stop: run(s, stop=stop), settings, instances=instances)
 
 
 @dataclass(frozen=True)
