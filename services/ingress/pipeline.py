@@ -157,6 +157,11 @@ class Ingress:
                 ) from None
         return fresh
 
+    @property
+    def pending_deliveries(self) -> int:
+        """Deliveries still under way (a timed-out request's delivery may still land)."""
+        return len(self._inflight)
+
     async def _deliver(self, channel: Channel, event: Envelope) -> None:
         started = time.perf_counter()
         delivery = await self.publisher.send(event)
