@@ -105,6 +105,18 @@ class Settings(BaseSettings):
     egress_conversation_burst: int = Field(
         default=3, ge=1, le=45, description="messages one chat/channel/recipient may get at once"
     )
+    egress_retry_delays_s: tuple[float, float, float] = Field(
+        default=(1.0, 10.0, 60.0),
+        description="delay of each retry tier topic (messages.outbound.retry.0..2)",
+    )
+    egress_max_attempts: int = Field(
+        default=6, ge=1, le=100, description="attempts before a transient failure is final"
+    )
+    # Agent: knowledge answers and the LLM port.
+    knowledge_min_score: float = Field(
+        default=0.35, ge=0, le=1, description="best knowledge match below this is not sent"
+    )
+    llm_timeout_s: float = Field(default=20.0, gt=0, le=300)
 
     @field_validator("topic_prefix")
     @classmethod

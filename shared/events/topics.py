@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from shared.events.models import Envelope
 
+#: Egress retry tiers: ``messages.outbound.retry.<n>``, each with its own fixed delay
+#: (``SWITCHBOARD_EGRESS_RETRY_DELAYS_S``), so records in one tier fall due in order.
+RETRY_TIERS = 3
+
 
 @dataclass(frozen=True, slots=True)
 class Topics:
@@ -37,9 +41,29 @@ class Topics:
     def dlq(self) -> str:
         return f"{self.prefix}dlq"
 
+    def outbound_retry(self, tier: int) -> str:
+        """The egress retry topic of one delay tier (0 = the shortest delay)."""
+        if not 0 <= tier < RETRY_TIERS:
+            raise ValueError(f"retry tier must be 0..{RETRY_TIERS - 1}, not {tier}")
+        return f"{self.prefix}messages.outbound.retry.{tier}"
+
+    @property
+    def widget_replies(self) -> str:
+        """Widget replies for whichever ingress process holds the visitor's socket."""
+        return f"{self.prefix}widget.replies"
+
     def all(self) -> tuple[str, ...]:
         """Every topic the stack creates at start."""
-        return (self.inbound, self.outbound, self.status, self.recovery, self.audit, self.dlq)
+        return (
+            self.inbound,
+            self.outbound,
+            self.status,
+            self.recovery,
+            self.audit,
+            self.dlq,
+            *(self.outbound_retry(n) for n in range(RETRY_TIERS)),
+            self.widget_replies,
+        )
 
     def for_event(self, event: Envelope) -> str:
         """The topic an event is published to."""

@@ -191,5 +191,11 @@ def test_topics_route_every_event_type_and_honour_the_prefix() -> None:
         "acme.recovery.events",
         "acme.audit.events",
         "acme.dlq",
+        "acme.messages.outbound.retry.0",
+        "acme.messages.outbound.retry.1",
+        "acme.messages.outbound.retry.2",
+        "acme.widget.replies",
     )
-    assert [topics.for_event(e) for e in ALL_EVENTS] == list(topics.all())
+    assert [topics.for_event(e) for e in ALL_EVENTS] == list(topics.all())[:6]
+    with pytest.raises(ValueError, match="retry tier"):
+        topics.outbound_retry(3)
