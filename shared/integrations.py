@@ -119,6 +119,21 @@ def split_origins(value: str) -> list[str]:
     return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
 
 
+async def find_tenant(db: asyncpg.Pool | asyncpg.Connection, id_or_slug: str) -> Tenant:
+    """A live tenant by id or slug; NotFound names what was asked for."""
+    try:
+        key: object = uuid.UUID(id_or_slug)
+        where = "id = $1"
+    except ValueError:
+        key, where = id_or_slug, "slug = $1"
+    row = await db.fetchrow(
+        f"SELECT id, name, slug FROM tenants WHERE {where} AND deleted_at IS NULL", key
+    )
+    if row is None:
+        raise NotFound(f"no tenant {id_or_slug!r}")
+    return Tenant(**dict(row))
+
+
 class IntegrationStore:
     """Tenants and integrations in PostgreSQL, acting as the cross-tenant worker role."""
 
@@ -147,17 +162,7 @@ class IntegrationStore:
         return Tenant(**dict(row))
 
     async def find_tenant(self, id_or_slug: str) -> Tenant:
-        try:
-            key: object = uuid.UUID(id_or_slug)
-            where = "id = $1"
-        except ValueError:
-            key, where = id_or_slug, "slug = $1"
-        row = await self._pool.fetchrow(
-            f"SELECT id, name, slug FROM tenants WHERE {where} AND deleted_at IS NULL", key
-        )
-        if row is None:
-            raise NotFound(f"no tenant {id_or_slug!r}")
-        return Tenant(**dict(row))
+        return await find_tenant(self._pool, id_or_slug)
 
     async def add_integration(
         self, tenant: Tenant, channel: str, credentials: dict[str, str], *, name: str | None = None
