@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import os
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -121,25 +124,41 @@ def _integration_id(value: str) -> uuid.UUID:
         raise SwitchboardError(f"{value!r} is not an integration id") from None
 
 
+@contextlib.asynccontextmanager
+async def operator_session(settings: Settings) -> AsyncIterator[tuple[Any, Any, str]]:
+    """(pool, audit publisher, actor id) for one operator command; closed on exit."""
+    from shared.db.pool import create_pool
+    from shared.events import Topics
+    from shared.kafka import EventPublisher, create_producer
+
+    pool = await create_pool(settings.require_database_url(), min_size=1, max_size=2)
+    producer = create_producer(settings)
+    try:
+        await producer.start()
+        yield pool, EventPublisher(producer, Topics(settings.topic_prefix)), _actor()
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
+def _actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def _print_result(coro: Any) -> int:
+    print(orjson.dumps(asyncio.run(coro)).decode())
+    return 0
+
+
 def _cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
     from services.admin import Admin
     from shared.crypto import CredentialCipher
-    from shared.db.pool import create_pool
-    from shared.events import Topics
     from shared.integrations import IntegrationStore
-    from shared.kafka import EventPublisher, create_producer
 
     async def go() -> object:
         cipher = CredentialCipher(settings.require_secret_key())
-        pool = await create_pool(settings.require_database_url(), min_size=1, max_size=2)
-        producer = create_producer(settings)
-        try:
-            await producer.start()
-            admin = Admin(
-                IntegrationStore(pool, cipher),
-                EventPublisher(producer, Topics(settings.topic_prefix)),
-                actor_id=f"cli:{getpass.getuser()}",
-            )
+        async with operator_session(settings) as (pool, publisher, actor):
+            admin = Admin(IntegrationStore(pool, cipher), publisher, actor_id=actor)
             match (args.command, args.action):
                 case ("tenants", "create"):
                     return await admin.create_tenant(args.name, args.slug)
@@ -158,12 +177,56 @@ def _cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
                         _integration_id(args.id), _credentials(args.credential)
                     )
             raise SwitchboardError(f"unknown action {args.action}")
-        finally:
-            await producer.stop()
-            await pool.close()
 
-    print(orjson.dumps(asyncio.run(go())).decode())
-    return 0
+    return _print_result(go())
+
+
+def _cmd_flows(args: argparse.Namespace, settings: Settings) -> int:
+    from services.flows import FlowAdmin, read_definition
+
+    async def go() -> object:
+        async with operator_session(settings) as (pool, publisher, actor):
+            flows = FlowAdmin(pool, publisher, actor_id=actor)
+            match args.action:
+                case "import":
+                    path = Path(args.file)
+                    definition = read_definition(path)
+                    name = args.name or str(definition.get("name") or path.stem)
+                    return await flows.import_flow(
+                        args.tenant, definition, name=name, activate=args.activate
+                    )
+                case "activate":
+                    return await flows.activate(args.tenant, args.name, args.version)
+                case "list":
+                    return await flows.list(args.tenant)
+            raise SwitchboardError(f"unknown action {args.action}")
+
+    return _print_result(go())
+
+
+def _cmd_conversations(args: argparse.Namespace, settings: Settings) -> int:
+    from services.conversations import ConversationAdmin
+
+    try:
+        conversation_id = uuid.UUID(args.id)
+    except ValueError:
+        raise SwitchboardError(f"{args.id!r} is not a conversation id") from None
+
+    async def go() -> object:
+        async with operator_session(settings) as (pool, publisher, actor):
+            admin = ConversationAdmin(pool, publisher, actor_id=actor)
+            match args.action:
+                case "show":
+                    return await admin.show(conversation_id)
+                case "handoff":
+                    return await admin.handoff(conversation_id, args.reason)
+                case "release":
+                    return await admin.release(conversation_id)
+                case "send":
+                    return await admin.send(conversation_id, args.text)
+            raise SwitchboardError(f"unknown action {args.action}")
+
+    return _print_result(go())
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -243,7 +306,7 @@ def _cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
                 chosen,
                 producer=producer,
                 audit=EventPublisher(producer, topics),
-                actor_id=f"cli:{getpass.getuser()}",
+                actor_id=_actor(),
                 dlq_topic=topics.dlq,
             ):
                 print(orjson.dumps(sent).decode(), flush=True)
@@ -370,6 +433,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="refresh the daily rollup materialized views (concurrently); prints JSON",
     )
     analytics.set_defaults(func=_cmd_analytics)
+
+    flows = sub.add_parser("flows", help="conversation flows: import, activate, list")
+    flows_sub = flows.add_subparsers(dest="action", required=True)
+    flow_import = flows_sub.add_parser(
+        "import", help="validate a flow JSON file and store it as a new version"
+    )
+    flow_import.add_argument("file")
+    flow_import.add_argument("--tenant", required=True, help="tenant id or slug")
+    flow_import.add_argument("--name", help="flow name (default: the file's name field or stem)")
+    flow_import.add_argument("--activate", action="store_true", help="make it the active flow")
+    flow_activate = flows_sub.add_parser("activate", help="make a version the tenant's flow")
+    flow_activate.add_argument("name")
+    flow_activate.add_argument("--tenant", required=True)
+    flow_activate.add_argument("--version", type=int, help="default: the newest")
+    flow_list = flows_sub.add_parser("list", help="every version of the tenant's flows")
+    flow_list.add_argument("--tenant", required=True)
+    flows.set_defaults(func=_cmd_flows)
+
+    conversations = sub.add_parser(
+        "conversations", help="human handoff: take over, speak in, give back a conversation"
+    )
+    conv_sub = conversations.add_subparsers(dest="action", required=True)
+    conv_sub.add_parser("show", help="a conversation's status and flow position").add_argument("id")
+    conv_handoff = conv_sub.add_parser("handoff", help="silence the bot; a human takes over")
+    conv_handoff.add_argument("id")
+    conv_handoff.add_argument("--reason")
+    conv_sub.add_parser("release", help="give the conversation back to the bot").add_argument("id")
+    conv_send = conv_sub.add_parser("send", help="send an operator's message into it")
+    conv_send.add_argument("id")
+    conv_send.add_argument("text")
+    conversations.set_defaults(func=_cmd_conversations)
 
     worker = sub.add_parser("worker", help="run one member of a worker role's consumer group")
     worker.add_argument("role")

@@ -117,6 +117,11 @@ class Settings(BaseSettings):
         default=0.35, ge=0, le=1, description="best knowledge match below this is not sent"
     )
     llm_timeout_s: float = Field(default=20.0, gt=0, le=300)
+    agent_fallback_text: str = Field(
+        default="Sorry, I didn't catch that. Could you say it another way?",
+        min_length=1,
+        description="sent when a flow, the knowledge base and the LLM all have no answer",
+    )
 
     @field_validator("topic_prefix")
     @classmethod
