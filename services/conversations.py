@@ -15,8 +15,8 @@ import asyncpg
 
 from services.workers.agent.state import State, resume
 from services.workers.agent.store import STATE_COLUMNS, state_from_row, state_values
-from shared.errors import InvalidInput, NotFound
 from shared.events import AuditEvent, MessageOutbound
+from shared.integrations import InvalidInput, NotFound
 from shared.kafka import EventPublisher
 
 MAX_TEXT = 4096
@@ -96,7 +96,7 @@ class ConversationAdmin:
                 """
                 INSERT INTO conversation_state AS s (conversation_id, tenant_id, current_node,
                     variables, turn_count, handed_off, runtime)
-                VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7::jsonb)
+                VALUES ($1, $2, $3, $4, $5, $6, $7)
                 ON CONFLICT (conversation_id) DO UPDATE SET current_node = EXCLUDED.current_node,
                     handed_off = EXCLUDED.handed_off, runtime = EXCLUDED.runtime
                 """,

@@ -18,9 +18,8 @@ import orjson
 
 from services.workers.agent.flow import FlowInvalid, lint_flow
 from shared.db.pool import tenant_transaction
-from shared.errors import InvalidInput, NotFound
 from shared.events import AuditEvent
-from shared.integrations import find_tenant
+from shared.integrations import InvalidInput, NotFound, find_tenant
 from shared.kafka import EventPublisher
 
 
@@ -67,13 +66,13 @@ class FlowAdmin:
                 """
                 INSERT INTO conversation_flows (tenant_id, name, version, definition,
                                                 variable_definitions)
-                VALUES ($1, $2, $3, $4::jsonb, $5::jsonb) RETURNING id
+                VALUES ($1, $2, $3, $4, $5) RETURNING id
                 """,
                 tenant.id,
                 name,
                 version,
-                orjson.dumps(definition).decode(),
-                orjson.dumps(definition.get("variables") or {}).decode(),
+                definition,
+                definition.get("variables") or {},
             )
             if activate:
                 await self._activate(tx, flow_id)

@@ -17,6 +17,7 @@ ROLES: dict[str, str] = {
     "persister": "services.workers.persister.role:PERSISTER",
     "recovery-persister": "services.workers.persister.recovery:RECOVERY_PERSISTER",
     "audit": "services.workers.audit.role:AUDIT",
+    "agent": "services.workers.agent.role:AGENT",
     # faust runs its own consumer: not a RoleSpec but an object with run_members().
     "analytics": "services.workers.analytics.role:ANALYTICS",
 }
