@@ -9,6 +9,7 @@ from aiohttp import web
 from services.ingress.pipeline import Ingress
 from services.ingress.registry import IntegrationCache
 from services.ingress.webhooks import INGRESS
+from services.ingress.widget_replies import widget_replies
 from shared.crypto import CredentialCipher
 from shared.db.pool import create_pool
 from shared.events import Topics
@@ -25,6 +26,8 @@ def create_app(settings: Settings) -> web.Application:
     cipher = CredentialCipher(settings.require_secret_key())
     app = web.Application(client_max_size=settings.max_body_bytes)
     add_ops_routes(app)
+
+    topics = Topics(settings.topic_prefix)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(
@@ -46,7 +49,7 @@ def create_app(settings: Settings) -> web.Application:
             cache=IntegrationCache(
                 IntegrationStore(pool, cipher), ttl_s=settings.integration_cache_ttl_s
             ),
-            publisher=EventPublisher(producer, Topics(settings.topic_prefix)),
+            publisher=EventPublisher(producer, topics),
             publish_timeout_s=settings.publish_timeout_s,
             max_body_bytes=settings.max_body_bytes,
         )
@@ -61,7 +64,8 @@ def create_app(settings: Settings) -> web.Application:
 
         add_readiness(app, "database", db_ready)
         add_readiness(app, "kafka", broker_ready)
-        yield
+        async with widget_replies(app, settings, ingress.publisher, topics.widget_replies):
+            yield
         await ingress.drain()
         await producer.stop()
         await pool.close()

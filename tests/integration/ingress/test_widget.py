@@ -7,6 +7,7 @@ CORS preflight, a WebSocket per session).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -391,3 +392,49 @@ async def test_websocket_refusals(ingress, widget, http) -> None:
     async with http.get(f"{base}?session_id=s1") as response:  # not an upgrade
         assert response.status == 400
     assert ingress.app[SOCKETS].count(widget.id, "s1") == 0
+
+
+async def test_replies_on_the_widget_topic_reach_the_socket_holder(ingress, widget, http) -> None:
+    """Egress puts widget replies on a topic; this process holds the socket, pushes the
+    reply and reports it delivered. A reply for a session nobody holds is only counted."""
+    from shared.events import MessageOutbound, MessageStatus, QuickReply, encode
+    from shared.kafka import create_producer
+
+    ws_url = f"{ingress.url}/widget/{widget.id}/ws?session_id=chat-9"
+    async with http.ws_connect(ws_url, origin=SHOP) as ws:
+        assert (await ws.receive_json(timeout=5))["type"] == "hello"
+
+        def reply(session: str, text: str) -> MessageOutbound:
+            return MessageOutbound(
+                tenant_id=widget.tenant_id,
+                integration_id=widget.id,
+                channel="widget",
+                conversation_key=session,
+                message_id=f"r-{session}",
+                recipient_id="v-1",
+                text=text,
+                quick_replies=(QuickReply(title="Yes", payload="yes"),),
+            )
+
+        producer = create_producer(ingress.settings)
+        await producer.start()
+        try:
+            # The reader starts from the end of the topic: publish until it has seen one.
+            for _ in range(50):
+                for event in (reply("nobody-here", "lost?"), reply("chat-9", "Hello there")):
+                    await producer.send_and_wait(
+                        ingress.topics.widget_replies, encode(event), key=event.kafka_key()
+                    )
+                with contextlib.suppress(TimeoutError):
+                    frame = await ws.receive_json(timeout=0.3)
+                    break
+            else:
+                raise AssertionError("no reply reached the socket")
+        finally:
+            await producer.stop()
+    assert frame["type"] == "message" and frame["text"] == "Hello there"
+    assert frame["message_id"] == "r-chat-9"
+    assert frame["quick_replies"] == [{"title": "Yes", "payload": "yes"}]
+    statuses = await ingress.events(ingress.topics.status, expect=1, timeout=10)
+    assert statuses and all(isinstance(s, MessageStatus) for s in statuses)
+    assert {(s.message_id, s.status) for s in statuses} == {("r-chat-9", "delivered")}
