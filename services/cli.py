@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import getpass
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -124,25 +122,14 @@ def _integration_id(value: str) -> uuid.UUID:
         raise SwitchboardError(f"{value!r} is not an integration id") from None
 
 
-@contextlib.asynccontextmanager
-async def operator_session(settings: Settings) -> AsyncIterator[tuple[Any, Any, str]]:
-    """(pool, audit publisher, actor id) for one operator command; closed on exit."""
-    from shared.db.pool import create_pool
-    from shared.events import Topics
-    from shared.kafka import EventPublisher, create_producer
-
-    pool = await create_pool(settings.require_database_url(), min_size=1, max_size=2)
-    producer = create_producer(settings)
-    try:
-        await producer.start()
-        yield pool, EventPublisher(producer, Topics(settings.topic_prefix)), _actor()
-    finally:
-        await producer.stop()
-        await pool.close()
-
-
 def _actor() -> str:
     return f"cli:{getpass.getuser()}"
+
+
+def operator_session(settings: Settings) -> Any:
+    from services.admin import operator_session
+
+    return operator_session(settings, actor_id=_actor())
 
 
 def _print_result(coro: Any) -> int:
@@ -224,6 +211,43 @@ def _cmd_conversations(args: argparse.Namespace, settings: Settings) -> int:
                     return await admin.release(conversation_id)
                 case "send":
                     return await admin.send(conversation_id, args.text)
+            raise SwitchboardError(f"unknown action {args.action}")
+
+    return _print_result(go())
+
+
+def _cmd_knowledge(args: argparse.Namespace, settings: Settings) -> int:
+    from services.knowledge_admin import KnowledgeAdmin, api_key_from_env, read_knowledge_file
+    from services.workers.agent.knowledge import make_embedder
+    from shared.crypto import CredentialCipher
+
+    if (args.command, args.action) == ("kb", "import"):
+        read_knowledge_file(Path(args.file))  # a bad file fails before anything connects
+
+    async def go() -> object:
+        cipher = CredentialCipher(settings.require_secret_key())
+        async with operator_session(settings) as (pool, publisher, actor):
+            admin = KnowledgeAdmin(
+                pool, publisher, actor_id=actor, cipher=cipher, embedder=make_embedder()
+            )
+            match (args.command, args.action):
+                case ("kb", "import"):
+                    return await admin.import_file(args.tenant, Path(args.file))
+                case ("kb", "list"):
+                    return await admin.list_entries(args.tenant)
+                case ("llm", "set"):
+                    return await admin.set_llm(
+                        args.tenant,
+                        base_url=args.base_url,
+                        model=args.model,
+                        api_key=api_key_from_env(args.api_key_env, dict(os.environ)),
+                        system_prompt=args.system_prompt,
+                        max_tokens=args.max_tokens,
+                        temperature=args.temperature,
+                        timeout_s=args.timeout,
+                    )
+                case ("llm", "off"):
+                    return await admin.llm_off(args.tenant)
             raise SwitchboardError(f"unknown action {args.action}")
 
     return _print_result(go())
@@ -464,6 +488,37 @@ def build_parser() -> argparse.ArgumentParser:
     conv_send.add_argument("id")
     conv_send.add_argument("text")
     conversations.set_defaults(func=_cmd_conversations)
+
+    kb = sub.add_parser("kb", help="a tenant's knowledge base (FAQ answers)")
+    kb_sub = kb.add_subparsers(dest="action", required=True)
+    kb_import = kb_sub.add_parser(
+        "import",
+        help="load Q&A entries from JSON ([{question, answer, tags?, category?}]) or CSV "
+        "(question,answer[,tags,category]); the whole file is checked first; re-importing "
+        "updates answers by question instead of duplicating (audited)",
+    )
+    kb_import.add_argument("file")
+    kb_import.add_argument("--tenant", required=True, help="tenant id or slug")
+    kb_sub.add_parser("list", help="the tenant's entries").add_argument("--tenant", required=True)
+    kb.set_defaults(func=_cmd_knowledge)
+
+    llm = sub.add_parser("llm", help="a tenant's LLM (OpenAI-compatible chat completions)")
+    llm_sub = llm.add_subparsers(dest="action", required=True)
+    llm_set = llm_sub.add_parser("set", help="turn the LLM on for a tenant (audited)")
+    llm_set.add_argument("--tenant", required=True, help="tenant id or slug")
+    llm_set.add_argument("--base-url", required=True, help="API root, e.g. http://host:8000/v1")
+    llm_set.add_argument("--model", required=True)
+    llm_set.add_argument(
+        "--api-key-env", metavar="VAR", help="environment variable holding the API key"
+    )
+    llm_set.add_argument("--system-prompt", default=None)
+    llm_set.add_argument("--max-tokens", type=int, default=None)
+    llm_set.add_argument("--temperature", type=float, default=None)
+    llm_set.add_argument("--timeout", type=float, default=None, metavar="S")
+    llm_sub.add_parser("off", help="turn it off, forgetting the key (audited)").add_argument(
+        "--tenant", required=True
+    )
+    llm.set_defaults(func=_cmd_knowledge)
 
     worker = sub.add_parser("worker", help="run one member of a worker role's consumer group")
     worker.add_argument("role")
