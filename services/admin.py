@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
-from shared.events import AuditEvent
+import asyncpg
+
+from shared.db.pool import create_pool
+from shared.events import AuditEvent, Topics
 from shared.integrations import IntegrationStore
-from shared.kafka import EventPublisher
+from shared.kafka import EventPublisher, create_producer
+from shared.settings import Settings
+
+
+@contextlib.asynccontextmanager
+async def operator_session(
+    settings: Settings, *, actor_id: str
+) -> AsyncIterator[tuple[asyncpg.Pool, EventPublisher, str]]:
+    """(pool, audit publisher, actor id) for one operator command; closed on exit."""
+    pool = await create_pool(settings.require_database_url(), min_size=1, max_size=2)
+    producer = create_producer(settings)
+    try:
+        await producer.start()
+        yield pool, EventPublisher(producer, Topics(settings.topic_prefix)), actor_id
+    finally:
+        await producer.stop()
+        await pool.close()
 
 
 class Admin:

@@ -117,6 +117,10 @@ class Settings(BaseSettings):
         default=0.35, ge=0, le=1, description="best knowledge match below this is not sent"
     )
     llm_timeout_s: float = Field(default=20.0, gt=0, le=300)
+    seed_demo: bool = Field(
+        default=True,
+        description="`up` on the embedded database seeds a demo tenant, widget, flow and FAQ",
+    )
     agent_fallback_text: str = Field(
         default="Sorry, I didn't catch that. Could you say it another way?",
         min_length=1,

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+from pydantic import SecretStr
 
+from services.demo import seed_demo
 from services.stack.broker import EmbeddedBroker
 from services.stack.postgres import EmbeddedPostgres
 from services.stack.processes import Child, wait_for
@@ -59,6 +61,7 @@ class Stack:
     database_url: str = ""
     kafka_bootstrap: str = ""
     maintenance: asyncio.Task[None] | None = None
+    demo_url: str | None = None
     next_maintenance: float = 0.0
 
     @property
@@ -95,6 +98,8 @@ class Stack:
             replication_factor=self.settings.topic_replication_factor,
         )
         await self._start_services()
+        if self.postgres is not None and self.settings.seed_demo:
+            self.demo_url = await seed_demo(self._child_settings(), http_url=self.http_url)
         self._write_stack_file()
 
     async def _maintain_partitions(self) -> None:
@@ -107,6 +112,18 @@ class Stack:
         except Exception:  # the stack runs on without it; the next run retries
             log.exception("partition maintenance failed; retrying in %.0fs", interval)
         self.next_maintenance = time.monotonic() + interval
+
+    def _child_settings(self) -> Settings:
+        """These settings as the children see them (URLs, key, producer mode)."""
+        env = self._child_env()
+        return self.settings.model_copy(
+            update={
+                "database_url": self.database_url,
+                "kafka_bootstrap_servers": self.kafka_bootstrap,
+                "kafka_idempotent_producer": self.broker is None,
+                "secret_key": SecretStr(env["SWITCHBOARD_SECRET_KEY"]),
+            }
+        )
 
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -176,6 +193,7 @@ class Stack:
                 **{s.child.name: s.child.pid for s in self.services},
             },
             "started_at": time.time(),
+            "demo_url": self.demo_url,
         }
         tmp = self.stack_file.with_suffix(".json.tmp")
         tmp.write_bytes(orjson.dumps(info, option=orjson.OPT_INDENT_2))
@@ -299,6 +317,7 @@ def _announce(stack: Stack) -> None:
         f"  Kafka bootstrap:         {stack.kafka_bootstrap}"
         + (" (embedded Tansu)" if stack.broker else ""),
         f"  stack file:              {stack.stack_file}",
+        *([f"  demo chat (open it!):    {stack.demo_url}"] if stack.demo_url else []),
         f"  logs:                    {stack.data_dir / 'logs'}",
         "Press Ctrl-C to stop.",
     ]

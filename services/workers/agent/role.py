@@ -26,8 +26,8 @@ from prometheus_client import Counter, Histogram
 
 from services.workers.agent.engine import step
 from services.workers.agent.flow import Flow, validate_flow
-from services.workers.agent.intents import IntentMatcher, make_matcher
-from services.workers.agent.knowledge import record_use, search_knowledge
+from services.workers.agent.intents import EmbeddingMatcher, IntentMatcher, make_matcher
+from services.workers.agent.knowledge import Embedder, make_embedder, record_use, search_knowledge
 from services.workers.agent.llm import LLMClient, load_llm_config
 from services.workers.agent.state import Handoff, KnowledgeFallback, Reply, State, UserInput
 from services.workers.agent.store import (
@@ -116,9 +116,11 @@ class Agent:
         matcher: IntentMatcher,
         llm: LLMClient,
         cipher: CredentialCipher | None,
+        embedder: Embedder | None = None,
     ) -> None:
         self.settings = settings
         self.matcher = matcher
+        self.embedder = embedder
         self.llm = llm
         self.cipher = cipher
         self.flows = FlowCache()
@@ -249,7 +251,11 @@ class Agent:
         if not text:
             return None
         hit = await search_knowledge(
-            conn, m.tenant_id, text, min_score=self.settings.knowledge_min_score
+            conn,
+            m.tenant_id,
+            text,
+            min_score=self.settings.knowledge_min_score,
+            embedder=self.embedder,
         )
         if hit is not None:
             await record_use(conn, m.tenant_id, hit.entry_id)
@@ -324,7 +330,10 @@ async def agent_handler(settings: Settings, publisher: EventPublisher) -> AsyncI
     cipher = CredentialCipher(settings.require_secret_key()) if settings.secret_key else None
     matcher = await asyncio.to_thread(make_matcher)
     session = aiohttp.ClientSession()
-    agent = Agent(settings, matcher=matcher, llm=LLMClient(session), cipher=cipher)
+    embedder = make_embedder(matcher if isinstance(matcher, EmbeddingMatcher) else None)
+    agent = Agent(
+        settings, matcher=matcher, llm=LLMClient(session), cipher=cipher, embedder=embedder
+    )
 
     async def handle(items: Sequence[Item]) -> None:
         foreign = [i for i in items if not isinstance(i.event, MessageInbound)]

@@ -6,13 +6,13 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
 import orjson
 import pytest
 
 from services.conversations import ConversationAdmin
+from services.demo import DEMO_FLOW
 from services.flows import FlowAdmin
 from services.workers.agent.role import AGENT
 from shared.db.pool import connect, create_pool
@@ -23,7 +23,7 @@ from shared.settings import Settings
 from tests.integration.workers.conftest import running, wait_until
 from tests.support import read_topic
 
-FLOW = Path(__file__).resolve().parents[2] / "unit" / "agent" / "flows" / "support.json"
+FLOW = DEMO_FLOW
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 

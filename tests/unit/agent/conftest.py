@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from services.demo import DEMO_FLOW
 from services.workers.agent import (
     Flow,
     Intent,
@@ -22,13 +22,12 @@ from services.workers.agent import (
 )
 from services.workers.agent.intents import IntentMatcher
 
-FLOWS = Path(__file__).parent / "flows"
 # A Wednesday, 10:00 in New York: inside the demo flow's business hours.
 T0 = datetime(2025, 1, 8, 15, 0, tzinfo=UTC)
 
 
 def demo_definition() -> dict[str, Any]:
-    return json.loads((FLOWS / "support.json").read_text())
+    return json.loads(DEMO_FLOW.read_text())
 
 
 @pytest.fixture
