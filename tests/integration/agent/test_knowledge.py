@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 
 import asyncpg
 import pytest
 
+from services.demo import DEMO_KB
 from services.knowledge_admin import KnowledgeItem, import_knowledge, parse_json
 from services.workers.agent.intents import embeddings_available
 from services.workers.agent.knowledge import (
@@ -21,7 +21,7 @@ from services.workers.agent.knowledge import (
 )
 from services.workers.agent.text import normalize
 
-KB_FILE = Path(__file__).parents[2] / "unit" / "agent" / "flows" / "support_kb.json"
+KB_FILE = DEMO_KB
 MIN_SCORE = 0.35  # Settings.knowledge_min_score's default
 MakeTenant = Callable[[], Awaitable[uuid.UUID]]
 
