@@ -6,6 +6,8 @@
 -- WHERE deleted_at IS NULL).
 
 -- Entries that would clash: keep the most recently updated one, soft-delete the others.
+-- (As the worker role: row-level security hides every row from the migrating login.)
+SET LOCAL ROLE switchboard_worker;
 UPDATE knowledge_entries k
 SET deleted_at = now()
 FROM (
@@ -16,6 +18,7 @@ FROM (
     WHERE deleted_at IS NULL
 ) dup
 WHERE k.id = dup.id AND dup.rank > 1;
+RESET ROLE;
 
 CREATE UNIQUE INDEX knowledge_entries_tenant_question_live_key
     ON knowledge_entries (tenant_id, lower(question)) WHERE deleted_at IS NULL;
