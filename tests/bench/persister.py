@@ -7,27 +7,22 @@ embedded PostgreSQL, reading from one embedded broker.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
-from services.stack.broker import EmbeddedBroker
-from services.stack.postgres import EmbeddedPostgres
 from services.workers import metrics
 from services.workers.persister.role import PERSISTER
 from services.workers.persister.rows import MESSAGE_COLUMNS, message_row
 from services.workers.runtime import run_role
 from shared.crypto import CredentialCipher, new_key, parse_key
-from shared.db.migrations import MigrationRunner
 from shared.db.pool import connect, create_pool
 from shared.events import MessageInbound, Topics, decode
 from shared.integrations import Integration, IntegrationStore
 from shared.kafka import EventPublisher, create_producer, ensure_topics
-from shared.settings import REPO_ROOT, Settings, load_settings
+from shared.settings import Settings
 
 EVENTS = 50_000
 PER_ROW_EVENTS = 5_000
@@ -167,36 +162,10 @@ async def per_row_rate(settings: Settings) -> float:
         await conn.close()
 
 
-async def run() -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp:
-        base = Path(tmp)
-        base.chmod(0o755)
-        postgres, broker = (
-            EmbeddedPostgres(base / "pg"),
-            EmbeddedBroker(base),
-        )  # fsync on, as in production
-        await postgres.start()
-        await broker.start()
-        try:
-            await MigrationRunner(postgres.database_url, REPO_ROOT / "sql").up()
-            topics = Topics(f"bench{uuid.uuid4().hex[:6]}.")
-            await ensure_topics(broker.bootstrap_servers, topics.all(), partitions=6)
-            settings = load_settings(
-                database_url=postgres.database_url,
-                kafka_bootstrap_servers=broker.bootstrap_servers,
-                topic_prefix=topics.prefix,
-                kafka_idempotent_producer=False,
-                worker_batch_size=10000,
-                worker_linger_ms=100,
-            )
-            persister = await persister_rate(settings)
-            ceiling = await copy_rate(
-                settings, f"postgresql://postgres@127.0.0.1:{postgres.port}/switchboard"
-            )
-            per_row = await per_row_rate(settings)
-        finally:
-            await broker.stop()
-            await postgres.stop()
+async def run(settings: Settings, superuser_url: str) -> dict[str, float]:
+    persister = await persister_rate(settings)
+    ceiling = await copy_rate(settings, superuser_url)
+    per_row = await per_row_rate(settings)
     return {
         "persister_rows_per_s": round(persister),
         "persister_copy_ceiling_rows_per_s": round(ceiling),

@@ -1,6 +1,7 @@
 """The benchmark harness: each figure next to a baseline measured in the same run.
 
-Results go to ``bench-results.json``; later work adds persister and end-to-end figures.
+Results go to ``bench-results.json``: codec, persister (vs COPY and per-row baselines),
+agent throughput and webhook-to-reply latency.
 Run with ``make bench``.
 """
 
@@ -76,15 +77,24 @@ def bench_codec(n: int = 20_000) -> dict[str, float]:
     }
 
 
+async def _on_the_stack() -> dict[str, float]:
+    from tests.bench import agent, persister
+    from tests.bench.stack import bench_stack
+
+    results: dict[str, float] = {}
+    async with bench_stack() as (settings, superuser_url):
+        results.update(await persister.run(settings, superuser_url))
+        results["agent_msgs_per_s"] = round(await agent.agent_rate(settings))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=Path("bench-results.json"))
     args = parser.parse_args()
     results: dict[str, float] = {}
     results.update(bench_codec())
-    from tests.bench.persister import run as bench_persister
-
-    results.update(asyncio.run(bench_persister()))
+    results.update(asyncio.run(_on_the_stack()))
     args.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     for key, value in results.items():
         print(f"{key:40s} {value}")

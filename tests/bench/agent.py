@@ -1,0 +1,104 @@
+"""Agent throughput: pre-produced inbound messages through the demo flow, replies published.
+
+Messages are spread over many conversations (two messages each: a greeting, then an
+intent to classify), so the figure covers state load/lock, the flow step with intent
+matching, the turn record and publishing the replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from services.demo import DEMO_FLOW
+from services.flows import FlowAdmin
+from services.workers import metrics
+from services.workers.agent.role import AGENT
+from services.workers.runtime import run_role
+from shared.db.pool import connect, create_pool
+from shared.events import MessageInbound, Topics
+from shared.integrations import Integration
+from shared.kafka import EventPublisher, create_producer
+from shared.settings import Settings
+from tests.bench.persister import _integration, _produce
+
+MESSAGES = 4_000
+
+
+def _conversations(integration: Integration, n: int) -> list[MessageInbound]:
+    base = datetime.now(UTC).replace(microsecond=0)
+    texts = ("hi", "I need help with a broken order")
+    return [
+        MessageInbound(
+            tenant_id=integration.tenant_id,
+            integration_id=integration.id,
+            channel="widget",
+            conversation_key=f"a{i // 2}",
+            external_id=f"a{i}",
+            sender_id=f"v{i // 2}",
+            text=texts[i % 2],
+            sent_at=base + timedelta(milliseconds=i),
+        )
+        for i in range(n)
+    ]
+
+
+async def _activate_demo_flow(settings: Settings, integration: Integration) -> None:
+    pool = await create_pool(settings.require_database_url(), min_size=1, max_size=1)
+    producer = create_producer(settings)
+    await producer.start()
+    try:
+        flows = FlowAdmin(
+            pool, EventPublisher(producer, Topics(settings.topic_prefix)), actor_id="b"
+        )
+        await flows.import_flow(
+            str(integration.tenant_id),
+            orjson.loads(DEMO_FLOW.read_bytes()),
+            name="support",
+            activate=True,
+        )
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
+async def agent_rate(settings: Settings) -> float:
+    """Messages/s of one agent member: first record fetched to last offset committed."""
+    integration = await _integration(settings)
+    await _activate_demo_flow(settings, integration)
+    topics = Topics(settings.topic_prefix)
+    # Replies go to the outbound topic; the inbound backlog is what the agent works off.
+    await _produce(settings, topics, _conversations(integration, MESSAGES))
+    settings = settings.model_copy(
+        update={"consumer_group_prefix": f"bench-{uuid.uuid4().hex[:6]}-"}
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_role(AGENT, settings, stop=stop))
+    consumed = metrics.CONSUMED.labels(AGENT.name, topics.inbound)
+    processed = metrics.PROCESSED.labels(AGENT.name, topics.inbound)
+    try:
+        while consumed._value.get() == 0:
+            await asyncio.sleep(0.001)
+        started = time.perf_counter()
+        while processed._value.get() < MESSAGES:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.001)
+        elapsed = time.perf_counter() - started
+    finally:
+        stop.set()
+        await task
+    conn = await connect(settings.require_database_url())
+    try:
+        turns = await conn.fetchval(
+            "SELECT count(*) FROM agent_turns WHERE tenant_id = $1", integration.tenant_id
+        )
+    finally:
+        await conn.close()
+    assert turns == MESSAGES, turns
+    print(f"agent: {MESSAGES} messages in {elapsed:.2f}s")
+    return MESSAGES / elapsed

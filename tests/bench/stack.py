@@ -1,0 +1,43 @@
+"""One embedded PostgreSQL and broker for the whole benchmark run (fsync on, as in production)."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from services.stack.broker import EmbeddedBroker
+from services.stack.postgres import EmbeddedPostgres
+from shared.db.migrations import MigrationRunner
+from shared.events import Topics
+from shared.kafka import ensure_topics
+from shared.settings import REPO_ROOT, Settings, load_settings
+
+
+@asynccontextmanager
+async def bench_stack() -> AsyncIterator[tuple[Settings, str]]:
+    """(settings with fresh topics, superuser URL) on a migrated embedded stack."""
+    with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp:
+        base = Path(tmp)
+        base.chmod(0o755)
+        postgres, broker = EmbeddedPostgres(base / "pg"), EmbeddedBroker(base)
+        await postgres.start()
+        await broker.start()
+        try:
+            await MigrationRunner(postgres.database_url, REPO_ROOT / "sql").up()
+            topics = Topics(f"bench{uuid.uuid4().hex[:6]}.")
+            await ensure_topics(broker.bootstrap_servers, topics.all(), partitions=6)
+            settings = load_settings(
+                database_url=postgres.database_url,
+                kafka_bootstrap_servers=broker.bootstrap_servers,
+                topic_prefix=topics.prefix,
+                kafka_idempotent_producer=False,
+                worker_batch_size=10000,
+                worker_linger_ms=100,
+            )
+            yield settings, f"postgresql://postgres@127.0.0.1:{postgres.port}/switchboard"
+        finally:
+            await broker.stop()
+            await postgres.stop()
