@@ -200,3 +200,80 @@ async def test_chat_in_a_real_browser(browser, ingress, make_integration) -> Non
     errors = [e["message"] for e in console if e["level"] == "SEVERE"]
     assert [m for m in errors if "status of 429" not in m] == []
     assert len(errors) == 1
+
+
+@pytest.fixture
+def worker_settings(ingress_settings: Settings) -> Settings:
+    return ingress_settings.model_copy(
+        update={"worker_linger_ms": 20, "worker_session_timeout_ms": 6000}
+    )
+
+
+async def test_chat_with_a_flow_in_a_real_browser(
+    browser, ingress, make_integration, worker_settings: Settings
+) -> None:
+    """The whole loop: page → ingress → agent (the demo flow) → egress → the page's socket."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from services.demo import DEMO_FLOW
+    from services.flows import FlowAdmin, read_definition
+    from services.workers.agent.role import AGENT
+    from services.workers.egress.role import run_member as run_egress
+    from shared.db.pool import create_pool
+    from shared.kafka import EventPublisher, create_producer
+    from tests.integration.workers.conftest import running
+
+    driver = browser
+    integration = await make_integration("widget", {"allowed_origins": "https://shop.example"})
+    pool = await create_pool(worker_settings.require_database_url(), min_size=1, max_size=1)
+    producer = create_producer(worker_settings)
+    await producer.start()
+    try:
+        await FlowAdmin(pool, EventPublisher(producer, ingress.topics), actor_id="t").import_flow(
+            str(integration.tenant_id), read_definition(DEMO_FLOW), name="support", activate=True
+        )
+    finally:
+        await producer.stop()
+        await pool.close()
+
+    stop = asyncio.Event()
+    egress = asyncio.create_task(run_egress(worker_settings, stop))
+    try:
+        async with running(AGENT, worker_settings):
+            await asyncio.to_thread(driver.get, f"{ingress.url}/widget/{integration.id}/")
+            await wait_for(
+                driver,
+                lambda d: d.find_element(By.ID, "sb-status").get_attribute("data-state") == "open",
+                "the page's WebSocket to say hello",
+            )
+            box = await asyncio.to_thread(driver.find_element, By.ID, "sb-input")
+            await asyncio.to_thread(box.send_keys, "hi", Keys.ENTER)
+            await wait_for(
+                driver,
+                lambda d: _incoming(d) == ["Hello! I'm here to help. What can I do for you?"],
+                "the flow's greeting",
+            )
+            await asyncio.to_thread(box.send_keys, "tell me about your products", Keys.ENTER)
+            button = await wait_for(
+                driver,
+                lambda d: d.find_element(By.CSS_SELECTOR, "#sb-log .sb-quick button"),
+                "the product category buttons",
+            )
+            assert _incoming(driver)[-1] == "Which product category interests you?"
+            assert await asyncio.to_thread(lambda: button.text) == "🚀 AI Tools"
+            await asyncio.to_thread(button.click)
+            await wait_for(
+                driver,
+                lambda d: (
+                    _incoming(d)[-2:]
+                    == [
+                        "Our AI tools build, train and deploy chatbots for you.",
+                        "What email address should we send the details to?",
+                    ]
+                ),
+                "the chosen category's answer and the next question",
+            )
+    finally:
+        stop.set()
+        await asyncio.wait_for(egress, 30)
