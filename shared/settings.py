@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     widget_rate_limit_burst: int = Field(default=10, ge=1)
     worker_batch_size: int = Field(default=2000, ge=1, le=100_000)
     worker_linger_ms: int = Field(default=200, ge=0, le=60_000)
+    reply_linger_ms: int = Field(
+        default=5, ge=0, le=60_000, description="batch linger of the agent and egress roles"
+    )
     worker_session_timeout_ms: int = Field(default=10_000, ge=1000)
     worker_http_port: int | None = Field(
         default=None, ge=0, le=65535, description="ops endpoints of a worker (0 = any port)"

@@ -30,6 +30,12 @@ class RoleSpec:
     name: str
     topics: Callable[[Topics], Sequence[str]]
     handler: Callable[[Settings, EventPublisher], AbstractAsyncContextManager[Handler]]
+    #: A role on the path of a chat reply batches with ``reply_linger_ms`` (a person is
+    #: waiting), the others with ``worker_linger_ms`` (bigger batches, fewer writes).
+    latency_sensitive: bool = False
+
+    def linger_ms(self, settings: Settings) -> int:
+        return settings.reply_linger_ms if self.latency_sensitive else settings.worker_linger_ms
 
     def group_id(self, settings: Settings) -> str:
         return f"{settings.consumer_group_prefix}{self.name}"
@@ -71,7 +77,7 @@ async def run_role(
                 handler=handler,
                 dead_letters=publisher,
                 batch_size=settings.worker_batch_size,
-                linger_ms=settings.worker_linger_ms,
+                linger_ms=spec.linger_ms(settings),
             )
             async with _ops_server(settings, consumer):
                 task = asyncio.create_task(loop.run())

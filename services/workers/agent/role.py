@@ -355,4 +355,6 @@ async def agent_handler(settings: Settings, publisher: EventPublisher) -> AsyncI
         await pool.close()
 
 
-AGENT = RoleSpec(name="agent", topics=lambda t: (t.inbound,), handler=agent_handler)
+AGENT = RoleSpec(
+    name="agent", topics=lambda t: (t.inbound,), handler=agent_handler, latency_sensitive=True
+)
