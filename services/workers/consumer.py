@@ -49,6 +49,23 @@ class PoisonRecords(DeadLetterError):
 Handler = Callable[[Sequence[Item]], Awaitable[None]]
 
 
+def dead_letter_of(
+    record: ConsumerRecord, reason: str, *, kind: str, consumer_group: str | None
+) -> DeadLetter:
+    """The dead letter of one record: its reason, where it came from, its original bytes."""
+    return DeadLetter(
+        reason=reason[:2000],
+        error_class=kind,
+        consumer_group=consumer_group,
+        source_topic=record.topic,
+        source_partition=record.partition,
+        source_offset=record.offset,
+        source_timestamp_ms=record.timestamp,
+        original_key=record.key,
+        original_value=record.value or b"",
+    )
+
+
 class _CommitOnRevoke(ConsumerRebalanceListener):
     def __init__(self, loop: ConsumerLoop) -> None:
         self._loop = loop
@@ -122,7 +139,7 @@ class ConsumerLoop:
         deadline: float | None = None
         while len(records) < self.batch_size:
             if deadline is None:
-                wait_ms = min(self.linger_ms, 500) if self.linger_ms else 500
+                wait_ms = 500  # returns as soon as a record arrives; bounds a stop()'s wait
             else:
                 wait_ms = int(max(0.0, deadline - loop.time()) * 1000)
             fetched = await self.consumer.getmany(
@@ -239,17 +256,7 @@ class ConsumerLoop:
         """Publish each poison record with its reason and coordinates (at least once)."""
         for record, reason, kind in poison:
             await self.dead_letters.publish(
-                DeadLetter(
-                    reason=reason[:2000],
-                    error_class=kind,
-                    consumer_group=self.consumer_group,
-                    source_topic=record.topic,
-                    source_partition=record.partition,
-                    source_offset=record.offset,
-                    source_timestamp_ms=record.timestamp,
-                    original_key=record.key,
-                    original_value=record.value or b"",
-                )
+                dead_letter_of(record, reason, kind=kind, consumer_group=self.consumer_group)
             )
             metrics.DEAD_LETTERED.labels(self.role, record.topic, kind).inc()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
@@ -38,10 +39,23 @@ class EventPublisher:
         The delivery goes on even if the caller stops waiting, so callers that give up
         must treat the event as possibly delivered.
         """
+        return await self.send_to(self._topics.for_event(event), event)
+
+    async def send_to(
+        self, topic: str, event: Envelope, *, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> asyncio.Future[RecordMetadata]:
+        """Like :meth:`send`, to a topic that is not the event type's own (egress retry
+        tiers, widget replies), with optional record headers."""
         return await self._producer.send(
-            self._topics.for_event(event), value=encode(event), key=event.kafka_key()
+            topic, value=encode(event), key=event.kafka_key(), headers=list(headers) or None
         )
 
     async def publish(self, event: Envelope) -> RecordMetadata:
         """Send and wait for the broker's acknowledgement."""
         return await (await self.send(event))
+
+    async def publish_to(
+        self, topic: str, event: Envelope, *, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> RecordMetadata:
+        """:meth:`send_to` and wait for the broker's acknowledgement."""
+        return await (await self.send_to(topic, event, headers=headers))

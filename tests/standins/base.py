@@ -62,6 +62,10 @@ class Standin:
         """Hold the next API call this long (or until the stand-in stops) before answering."""
         self._script.append(seconds)
 
+    def release_stalls(self) -> None:
+        """Let every stalled call (and any stall still scripted) answer now."""
+        self._release.set()
+
     @property
     def url(self) -> str:
         """The base URL, e.g. ``http://127.0.0.1:PORT`` (no trailing slash)."""

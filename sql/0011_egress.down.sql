@@ -1,0 +1,2 @@
+-- 0011_egress (down)
+DROP TABLE egress_deliveries;
