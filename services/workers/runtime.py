@@ -41,7 +41,9 @@ class RoleSpec:
         return f"{settings.consumer_group_prefix}{self.name}"
 
 
-def create_consumer(settings: Settings, group_id: str) -> AIOKafkaConsumer:
+def create_consumer(
+    settings: Settings, group_id: str, *, fetch_max_wait_ms: int = 500
+) -> AIOKafkaConsumer:
     """A consumer that commits by hand, starts from the earliest offset, tolerates rebalances."""
     return AIOKafkaConsumer(
         bootstrap_servers=settings.require_kafka(),
@@ -53,6 +55,7 @@ def create_consumer(settings: Settings, group_id: str) -> AIOKafkaConsumer:
         session_timeout_ms=settings.worker_session_timeout_ms,
         heartbeat_interval_ms=max(500, settings.worker_session_timeout_ms // 5),
         fetch_max_bytes=50 * 1024 * 1024,
+        fetch_max_wait_ms=fetch_max_wait_ms,
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )
 
@@ -65,7 +68,13 @@ async def run_role(
     topics = Topics(settings.topic_prefix)
     producer = create_producer(settings)
     await producer.start()
-    consumer = create_consumer(settings, spec.group_id(settings))
+    consumer = create_consumer(
+        settings,
+        spec.group_id(settings),
+        # A broker that holds an empty fetch for its whole max wait (Tansu does) would
+        # add that wait to every chat reply.
+        fetch_max_wait_ms=50 if spec.latency_sensitive else 500,
+    )
     publisher = EventPublisher(producer, topics)
     try:
         async with spec.handler(settings, publisher) as handler:

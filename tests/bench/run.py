@@ -78,13 +78,14 @@ def bench_codec(n: int = 20_000) -> dict[str, float]:
 
 
 async def _on_the_stack() -> dict[str, float]:
-    from tests.bench import agent, persister
+    from tests.bench import agent, e2e, persister
     from tests.bench.stack import bench_stack
 
     results: dict[str, float] = {}
     async with bench_stack() as (settings, superuser_url):
         results.update(await persister.run(settings, superuser_url))
         results["agent_msgs_per_s"] = round(await agent.agent_rate(settings))
+        results.update(await e2e.webhook_to_reply(settings))
     return results
 
 
