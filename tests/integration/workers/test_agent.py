@@ -258,3 +258,28 @@ async def test_messages_of_many_conversations_in_one_batch(
     )
     assert await db.fetchval("SELECT count(*) FROM conversation_state WHERE turn_count = 2") == 40
     assert uuid.UUID(str(got[0].in_reply_to_event))
+
+
+async def test_a_question_the_flow_does_not_route_gets_a_knowledge_answer(
+    worker_settings: Settings, topics: Topics, operator, widget: Integration, say: Say, db
+) -> None:
+    from services.demo import DEMO_KB
+    from services.knowledge_admin import import_knowledge, read_knowledge_file
+
+    flows, _ = operator
+    await flows.import_flow(
+        str(widget.tenant_id), orjson.loads(FLOW.read_bytes()), name="support", activate=True
+    )
+    await import_knowledge(db, widget.tenant_id, read_knowledge_file(DEMO_KB))
+    shipping = next(
+        i.answer for i in read_knowledge_file(DEMO_KB) if "shipping" in i.question.lower()
+    )
+    async with running(AGENT, worker_settings):
+        await say(widget, 1, "hi")
+        await say(widget, 2, "how long does shipping take?")
+        await say(widget, 3, "xylophone zebra quantum")
+        got = await replies(worker_settings, topics, 3)
+    assert (got[1].text, got[1].origin) == (shipping, "knowledge")
+    assert [r.text for r in got[2:]] == [worker_settings.agent_fallback_text]
+    handled = await db.fetch("SELECT handled_by FROM agent_turns ORDER BY processed_at")
+    assert [r["handled_by"] for r in handled] == ["flow", "knowledge", "fallback"]
