@@ -283,3 +283,24 @@ async def test_a_question_the_flow_does_not_route_gets_a_knowledge_answer(
     assert [r.text for r in got[2:]] == [worker_settings.agent_fallback_text]
     handled = await db.fetch("SELECT handled_by FROM agent_turns ORDER BY processed_at")
     assert [r["handled_by"] for r in handled] == ["flow", "knowledge", "fallback"]
+
+
+async def test_the_tenants_llm_answers_what_nothing_else_does(
+    worker_settings: Settings, topics: Topics, widget: Integration, say: Say, db
+) -> None:
+    from services.workers.agent.llm import LLMConfig, save_llm_config
+    from shared.crypto import CredentialCipher
+    from tests.standins import LLMStandin
+
+    llm = LLMStandin(tokens={"sk-test-key"}, answer="We ship to Norway in 3 days.")
+    async with llm.running():
+        config = LLMConfig(base_url=f"{llm.url}/v1", model="m", api_key="sk-test-key")
+        await save_llm_config(
+            db, widget.tenant_id, config, CredentialCipher(worker_settings.require_secret_key())
+        )
+        async with running(AGENT, worker_settings):
+            await say(widget, 1, "do you ship to norway?")
+            got = await replies(worker_settings, topics, 1)
+    assert [(r.text, r.origin) for r in got] == [("We ship to Norway in 3 days.", "llm")]
+    assert llm.requests[0].credential == "sk-test-key"
+    assert "do you ship to norway?" in str(llm.requests[0].body["messages"])
