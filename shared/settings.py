@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(
         default=None, description="base64 AES-256 key for integration credentials"
     )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token of the operator HTTP API (/admin/v1); unset = no API",
+    )
     publish_timeout_s: float = Field(default=2.5, gt=0, le=30)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     integration_cache_ttl_s: float = Field(default=2.0, gt=0)
@@ -192,6 +196,9 @@ def with_stack_file(settings: Settings, data_dir: Path) -> Settings:
     key_file = data_dir / "secret.key"
     if settings.secret_key is None and key_file.exists():
         updates["secret_key"] = SecretStr(key_file.read_text().strip())
+    token_file = data_dir / "admin.token"
+    if settings.admin_token is None and token_file.exists():
+        updates["admin_token"] = SecretStr(token_file.read_text().strip())
     return settings.model_copy(update=updates)
 
 

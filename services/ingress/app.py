@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from services.conversations import ConversationAdmin
+from services.ingress.operator_api import CONVERSATIONS, mount_operator_api
 from services.ingress.pipeline import Ingress
 from services.ingress.registry import IntegrationCache
 from services.ingress.webhooks import INGRESS
@@ -54,6 +56,7 @@ def create_app(settings: Settings) -> web.Application:
             max_body_bytes=settings.max_body_bytes,
         )
         app[INGRESS] = ingress
+        app[CONVERSATIONS] = ConversationAdmin(pool, ingress.publisher, actor_id="http:operator")
 
         async def db_ready() -> None:
             async with pool.acquire() as conn:
@@ -72,6 +75,7 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(resources)
     mount_channels(app, settings)
+    mount_operator_api(app, settings)
     return app
 
 

@@ -121,7 +121,9 @@ class Stack:
                 "database_url": self.database_url,
                 "kafka_bootstrap_servers": self.kafka_bootstrap,
                 "kafka_idempotent_producer": self.broker is None,
-                "secret_key": SecretStr(env["SWITCHBOARD_SECRET_KEY"]),
+                "secret_key": self.settings.secret_key or SecretStr(env["SWITCHBOARD_SECRET_KEY"]),
+                "admin_token": self.settings.admin_token
+                or SecretStr(env["SWITCHBOARD_ADMIN_TOKEN"]),
             }
         )
 
@@ -129,6 +131,8 @@ class Stack:
         env = dict(os.environ)
         if self.settings.secret_key is None:  # generated once, kept in the data dir (0600)
             env["SWITCHBOARD_SECRET_KEY"] = ensure_key_file(self.data_dir / "secret.key")
+        if self.settings.admin_token is None:  # the operator HTTP API's bearer token (0600)
+            env["SWITCHBOARD_ADMIN_TOKEN"] = ensure_key_file(self.data_dir / "admin.token")
         env["DATABASE_URL"] = self.database_url
         env["KAFKA_BOOTSTRAP_SERVERS"] = self.kafka_bootstrap
         if self.broker is not None:  # Tansu has no InitProducerId
