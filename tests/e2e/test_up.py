@@ -210,6 +210,26 @@ async def _webhook_through_the_stack(info: dict, data_dir: Path) -> None:
     assert [e.text for e in events if e.external_id == "31:9"] == ["through the stack"]
 
 
+async def _demo_chat(info: dict) -> None:
+    """A newcomer's first minute: the seeded demo widget answers with the demo flow."""
+    demo_url = info["demo_url"]
+    assert demo_url and demo_url.startswith(info["http_url"] + "/widget/")
+    session = f"s-{uuid.uuid4().hex}"
+    async with ClientSession() as http:
+        async with http.get(demo_url) as page:
+            assert page.status == 200 and "<html" in (await page.text()).lower()
+        async with http.ws_connect(f"{demo_url}ws?session_id={session}") as ws:
+            assert (await ws.receive_json(timeout=10))["type"] == "hello"
+            body = {"session_id": session, "visitor_id": "v-1", "text": "hi"}
+            async with http.post(f"{demo_url}messages", json=body) as resp:
+                assert resp.status == 202, await resp.text()
+            frames = []
+            while not any(f.get("type") == "message" for f in frames):
+                frames.append(await ws.receive_json(timeout=30))
+    [reply] = [f for f in frames if f.get("type") == "message"]
+    assert reply["text"] == "Hello! I'm here to help. What can I do for you?"
+
+
 async def test_up_serves_stores_and_stops_with_nothing_left_behind(data_dir: Path) -> None:
     up = UpProcess(data_dir)
     try:
@@ -236,6 +256,7 @@ async def test_up_serves_stores_and_stops_with_nothing_left_behind(data_dir: Pat
 
         await _produce_and_consume_one(info)
         await _webhook_through_the_stack(info, data_dir)
+        await _demo_chat(info)
     finally:
         took = await asyncio.to_thread(up.stop)
     assert up.proc.returncode == 0, up.output()
