@@ -18,8 +18,9 @@ ROLES: dict[str, str] = {
     "recovery-persister": "services.workers.persister.recovery:RECOVERY_PERSISTER",
     "audit": "services.workers.audit.role:AUDIT",
     "agent": "services.workers.agent.role:AGENT",
-    # faust runs its own consumer: not a RoleSpec but an object with run_members().
-    "analytics": "services.workers.analytics.role:ANALYTICS",
+    # These run their own consumers: not a RoleSpec but an object with run_members().
+    "analytics": "services.workers.analytics.role:ANALYTICS",  # faust
+    "egress": "services.workers.egress.role:EGRESS",  # outbound + one loop per retry tier
 }
 
 

@@ -400,7 +400,8 @@ def loop_spec(egress: Egress, tier: int | None, stop: asyncio.Event) -> RoleSpec
         group_id = f"{settings.consumer_group_prefix}{name}"
         yield EgressLoop(egress, publisher, name, group_id, tier, stop).handle
 
-    return RoleSpec(name=name, topics=topics, handler=handler)
+    # The outbound loop is on a chat reply's path (someone is waiting): small batches.
+    return RoleSpec(name=name, topics=topics, handler=handler, latency_sensitive=tier is None)
 
 
 async def run_member(settings: Settings, stop: asyncio.Event) -> None:

@@ -421,22 +421,20 @@ async def test_order_in_a_conversation_holds_across_a_retry(
 ) -> None:
     telegram_api.fail_next(502)
     first, second = outbound(telegram, "777", "first"), outbound(telegram, "777", "second")
-    other = outbound(telegram, "888", "other chat")
     parked_before = sum(counter("switchboard_egress_parked_total", tier=str(n)) for n in range(3))
-    await publish(first, second, other)  # before the role starts: one batch
+    await publish(first, second)  # before the role starts: one batch
     async with running(egress(egress_settings)) as members:
         await members.until(
             lambda: _is(status_of(db, second), "delivered"), "the second message's delivery"
         )
-        found = await events(egress_settings, topics.status, expect=4)
+        found = await events(egress_settings, topics.status, expect=3)
 
-    to_777 = [c.body["text"] for c in telegram_api.requests if c.body["chat_id"] == "777"]
-    assert to_777 == ["first", "first", "second"]  # failed, retried, then the one behind it
+    texts = [c.body["text"] for c in telegram_api.requests]
+    assert texts == ["first", "first", "second"]  # failed, retried, then the one behind it
     parked_after = sum(counter("switchboard_egress_parked_total", tier=str(n)) for n in range(3))
     assert parked_after > parked_before  # the second waited behind the first's retry
     assert [s.status for s in statuses_of(found, first)] == ["queued", "sent"]
     assert [s.status for s in statuses_of(found, second)] == ["sent"]  # parking is no attempt
-    assert await status_of(db, other) == "delivered"
 
 
 async def test_a_slow_chat_does_not_hold_up_another_conversation(
@@ -446,8 +444,11 @@ async def test_a_slow_chat_does_not_hold_up_another_conversation(
     telegram_api: TelegramStandin,
     telegram: Integration,
 ) -> None:
-    settings = egress_settings.model_copy(update={"worker_linger_ms": 1000})  # one batch
-    telegram_api.stall_next(60)  # whichever call arrives first hangs until released
+    # One batch, and a client timeout far beyond the stall's test window.
+    settings = egress_settings.model_copy(
+        update={"reply_linger_ms": 1000, "egress_http_timeout_s": 120.0}
+    )
+    telegram_api.stall_next(300)  # whichever call arrives first hangs until released
     one, two = outbound(telegram, "1001", "one"), outbound(telegram, "1002", "two")
     await publish(one, two)
     async with running(egress(settings)) as members:
