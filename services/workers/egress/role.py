@@ -120,7 +120,10 @@ async def open_egress(settings: Settings) -> AsyncIterator[Egress]:
             yield Egress(
                 settings=settings,
                 topics=Topics(settings.topic_prefix),
-                store=DeliveryStore(pool),
+                # A blocker this overdue lost its retry record (see DeliveryStore).
+                store=DeliveryStore(
+                    pool, stale_blocker_s=max(900.0, 10 * max(settings.egress_retry_delays_s))
+                ),
                 integrations=IntegrationCache(
                     IntegrationStore(pool, cipher), ttl_s=settings.integration_cache_ttl_s
                 ),

@@ -37,11 +37,14 @@ _NAMES = (
 _COLUMNS = ", ".join(_NAMES)
 _D_COLUMNS = ", ".join(f"d.{name}" for name in _NAMES)
 # The blocker: the latest next attempt among earlier messages of the conversation that
-# wait for a retry (NULL: nothing earlier is waiting).
+# wait for a retry (NULL: nothing earlier is waiting). One overdue by more than $5
+# seconds has lost its retry record (a broker that came back empty): it stops blocking,
+# or its conversation would wait forever.
 _BLOCKED_UNTIL = """
     (SELECT max(b.next_attempt_at) FROM egress_deliveries b
       WHERE b.tenant_id = $1 AND b.integration_id = $2 AND b.conversation_key = $4
-        AND b.status = 'retrying' AND b.seq < d.seq) AS blocked_until
+        AND b.status = 'retrying' AND b.seq < d.seq
+        AND b.next_attempt_at > now() - make_interval(secs => $5)) AS blocked_until
 """
 _PREPARE = f"""
 WITH inserted AS (
@@ -101,13 +104,17 @@ def _key(message: MessageOutbound) -> tuple[uuid.UUID, uuid.UUID, str]:
 class DeliveryStore:
     """Reads and writes ``egress_deliveries`` as the cross-tenant worker role."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, stale_blocker_s: float = 900.0) -> None:
         self.pool = pool
+        self.stale_blocker_s = stale_blocker_s
+
+    def _args(self, message: MessageOutbound) -> tuple[object, ...]:
+        return (*_key(message), message.conversation_key, self.stale_blocker_s)
 
     async def prepare(self, message: MessageOutbound) -> Delivery:
         """The message's row (created 'pending' on first sight) and what blocks it."""
         for _ in range(2):
-            row = await self.pool.fetchrow(_PREPARE, *_key(message), message.conversation_key)
+            row = await self.pool.fetchrow(_PREPARE, *self._args(message))
             if row is not None:
                 return _delivery(row)
             # Inserted concurrently by another transaction after this statement's
@@ -118,7 +125,7 @@ class DeliveryStore:
     async def locked(self, message: MessageOutbound) -> AsyncIterator[Locked]:
         """The message's row locked in a transaction that commits when the block ends."""
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(_LOCK, *_key(message), message.conversation_key)
+            row = await conn.fetchrow(_LOCK, *self._args(message))
             if row is None:
                 raise RuntimeError(f"egress_deliveries row of {message.message_id!r} vanished")
             yield Locked(conn, message, _delivery(row))

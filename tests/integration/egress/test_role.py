@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
 from services.workers.egress.role import EGRESS, run_member
@@ -566,6 +567,89 @@ async def test_a_redelivered_outbound_is_not_sent_twice(
     assert [s.status for s in statuses_of(found, message)] == ["sent"]
 
 
+async def test_an_outcome_written_but_not_published_is_published_on_redelivery(
+    egress_settings: Settings,
+    topics: Topics,
+    publish,
+    db: asyncpg.Connection,
+    telegram_api: TelegramStandin,
+    telegram: Integration,
+) -> None:
+    message = outbound(telegram, "2020", "Sent before a crash")
+    # What a crash between the platform's answer and the status publish leaves behind.
+    await db.execute(
+        "INSERT INTO egress_deliveries (tenant_id, integration_id, message_id, "
+        "conversation_key, status, attempts, platform_message_id, reported) "
+        "VALUES ($1, $2, $3, $4, 'delivered', 1, '2020:55', false)",
+        message.tenant_id,
+        message.integration_id,
+        message.message_id,
+        message.conversation_key,
+    )
+    await publish(message)
+    async with running(egress(egress_settings)) as members:
+
+        async def reported() -> bool:
+            found = await row(db, message)
+            return found is not None and found["reported"]
+
+        await members.until(reported, "the outcome to be published")
+        found = await events(egress_settings, topics.status, expect=1)
+
+    assert telegram_api.requests == []  # published again, not sent again
+    [sent] = found
+    assert (sent.status, sent.platform_message_id, sent.attempt) == ("sent", "2020:55", 1)
+
+
+async def test_blockers_park_until_due_a_lost_one_does_not_and_stop_keeps_parked_records(
+    egress_settings: Settings,
+    topics: Topics,
+    publish,
+    db: asyncpg.Connection,
+    telegram_api: TelegramStandin,
+    telegram: Integration,
+) -> None:
+    async def blocker(conversation_key: str, due_in: str) -> None:
+        await db.execute(
+            "INSERT INTO egress_deliveries (tenant_id, integration_id, message_id, "
+            "conversation_key, status, attempts, next_attempt_at) "
+            f"VALUES ($1, $2, $3, $4, 'retrying', 1, now() + interval '{due_in}')",
+            telegram.tenant_id,
+            telegram.id,
+            f"earlier-{conversation_key}",
+            conversation_key,
+        )
+
+    await blocker("3001", "1 hour")  # its retry comes in an hour: the next one waits
+    await blocker("3002", "-2 hours")  # overdue for hours: its retry record is lost
+    waiting, free = outbound(telegram, "3001", "behind"), outbound(telegram, "3002", "free")
+    await publish(waiting, free)
+    tier2 = topics.outbound_retry(2)
+    async with running(egress(egress_settings)) as members:
+        await members.until(lambda: _is(status_of(db, free), "delivered"), "the free chat")
+        await members.until(
+            lambda: (
+                counter(
+                    "switchboard_worker_records_consumed_total", role="egress-retry-2", topic=tier2
+                )
+                >= 1
+            ),
+            "the parked record to reach the last tier's loop",
+        )
+        # Leaving the block stops the member: it must not wait an hour for the record.
+
+    assert [c.body["text"] for c in telegram_api.requests] == ["free"]
+    stored = await row(db, waiting)
+    assert stored is not None and (stored["status"], stored["attempts"]) == ("retrying", 0)
+    # Parked, then handed back on stop (once more if the loop fetched the copy before
+    # it stopped): the last copy is after the group's committed offset, kept for later.
+    kept = await events(egress_settings, tier2, expect=2)
+    assert len(kept) >= 2 and {r.message_id for r in kept} == {waiting.message_id}
+    group = EGRESS.group_ids(egress_settings)[3]
+    assert group.endswith("egress-retry-2")
+    assert await uncommitted(egress_settings, group, tier2) == 1
+
+
 # --- with the persister -------------------------------------------------------------
 
 
@@ -610,6 +694,22 @@ async def test_persister_stores_the_outbound_message_and_its_failed_status(
 
 
 # --- helpers ------------------------------------------------------------------------
+
+
+async def uncommitted(settings: Settings, group: str, topic: str) -> int:
+    """Records of ``topic`` after ``group``'s committed offsets (what it has yet to do)."""
+    # A consumer of the group that never subscribes: it only reads the group's offsets.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.require_kafka(), group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = await consumer._client._wait_on_metadata(topic)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        ends = await consumer.end_offsets(tps)
+        return sum([ends[tp] - (await consumer.committed(tp) or 0) for tp in tps])
+    finally:
+        await consumer.stop()
 
 
 async def _is(value: Awaitable[str | None], expected: str) -> bool:
