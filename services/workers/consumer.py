@@ -11,6 +11,7 @@ batch in hand finishes and is committed before partitions are given up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -215,6 +216,17 @@ class ConsumerLoop:
                 await self.consumer.commit(offsets)
                 break
             except (RetriableError, KafkaError, OSError) as exc:
+                if self._stopping.is_set():
+                    # Stopping while the database or broker is away: leave the batch
+                    # uncommitted (it is read again after a restart) instead of retrying
+                    # until they come back.
+                    log.warning(
+                        "%s: stopping with a batch of %d not stored (%s); it stays uncommitted",
+                        self.role,
+                        len(records),
+                        exc,
+                    )
+                    return
                 attempt += 1
                 metrics.RETRIES.labels(self.role).inc()
                 delay = min(self.max_backoff_s, 0.2 * 2**attempt) * (0.5 + random.random())
@@ -225,7 +237,8 @@ class ConsumerLoop:
                     exc,
                     delay,
                 )
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
         per_topic: dict[str, int] = {}
         for r in records:
             per_topic[r.topic] = per_topic.get(r.topic, 0) + 1
