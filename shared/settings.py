@@ -72,12 +72,6 @@ class Settings(BaseSettings):
     widget_rate_limit_burst: int = Field(default=10, ge=1)
     worker_batch_size: int = Field(default=2000, ge=1, le=100_000)
     worker_linger_ms: int = Field(default=200, ge=0, le=60_000)
-    persister_write_lanes: int = Field(
-        default=2, ge=1, le=16, description="concurrent write transactions per persister batch"
-    )
-    persister_direct_copy: bool = Field(
-        default=True, description="COPY new messages straight into their monthly partitions"
-    )
     reply_linger_ms: int = Field(
         default=5, ge=0, le=60_000, description="batch linger of the agent and egress roles"
     )

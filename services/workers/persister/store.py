@@ -13,25 +13,13 @@ Everything for one batch happens in one transaction:
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from prometheus_client import Counter
 
 from services.workers.persister.rows import MESSAGE_COLUMNS, STATUS_COLUMNS
-
-log = logging.getLogger(__name__)
-
-DIRECT_COPY = Counter(
-    "switchboard_persister_direct_copy_batches_total",
-    "Message batches by write path: COPY straight into partitions, or staging + INSERT.",
-    ["path"],  # direct | staged
-)
 
 STAGING_SQL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_messages (
@@ -55,38 +43,6 @@ WHERE NOT EXISTS (SELECT 1 FROM channel_integrations i
                   WHERE i.id = s.integration_id AND i.tenant_id = s.tenant_id)
 """
 
-# Conversation counters from the rows a batch really stored ({source}: the insert's
-# RETURNING on the staging path, the whole staging table after a direct COPY).
-_COUNT_CONVERSATIONS = """
-counts AS (
-    SELECT tenant_id, integration_id, min(channel) AS channel, conversation_key,
-           (array_agg(sender_id ORDER BY sent_at DESC)
-                FILTER (WHERE direction = 'inbound'))[1] AS external_user_id,
-           (array_agg(sender_name ORDER BY sent_at DESC)
-                FILTER (WHERE direction = 'inbound' AND sender_name IS NOT NULL))[1] AS user_name,
-           max(sent_at) AS last_message_at,
-           count(*) AS total,
-           count(*) FILTER (WHERE direction = 'inbound') AS inbound,
-           count(*) FILTER (WHERE direction = 'outbound') AS outbound
-    FROM {source}
-    GROUP BY tenant_id, integration_id, conversation_key
-)
-INSERT INTO conversations AS c (
-    tenant_id, integration_id, channel, conversation_key, external_user_id, user_name,
-    last_message_at, message_count, inbound_count, outbound_count)
-SELECT tenant_id, integration_id, channel, conversation_key, external_user_id, user_name,
-       last_message_at, total, inbound, outbound
-FROM counts
-ORDER BY tenant_id, integration_id, conversation_key
-ON CONFLICT (tenant_id, integration_id, conversation_key) DO UPDATE
-    SET message_count = c.message_count + EXCLUDED.message_count,
-        inbound_count = c.inbound_count + EXCLUDED.inbound_count,
-        outbound_count = c.outbound_count + EXCLUDED.outbound_count,
-        last_message_at = greatest(c.last_message_at, EXCLUDED.last_message_at),
-        external_user_id = coalesce(c.external_user_id, EXCLUDED.external_user_id),
-        user_name = coalesce(EXCLUDED.user_name, c.user_name)
-"""
-
 _INSERT_MESSAGES = """
 WITH latest AS (
     SELECT DISTINCT ON (tenant_id, integration_id, direction, external_id, sent_at) *
@@ -105,61 +61,34 @@ WITH latest AS (
     ON CONFLICT (tenant_id, integration_id, direction, external_id, sent_at) DO NOTHING
     RETURNING tenant_id, integration_id, channel, direction, conversation_key, sender_id,
               sender_name, sent_at
-), """ + _COUNT_CONVERSATIONS.format(source="written")
-
-_COUNT_STAGED = "WITH " + _COUNT_CONVERSATIONS.format(source="stage_messages")
-
-#: What a direct COPY into a partition can run into; each means "use the staging path".
-_DIRECT_COPY_REFUSED = (
-    asyncpg.UniqueViolationError,  # a replay: some rows are stored already
-    asyncpg.UndefinedTableError,  # no partition of that month (the default one takes it)
-    asyncpg.InsufficientPrivilegeError,  # the partition lacks the worker's INSERT grant
-    asyncpg.CheckViolationError,  # outside the partition's bounds, or a refused value
-    asyncpg.ForeignKeyViolationError,
-    asyncpg.FeatureNotSupportedError,  # row-level security on the target
+), counts AS (
+    SELECT tenant_id, integration_id, min(channel) AS channel, conversation_key,
+           (array_agg(sender_id ORDER BY sent_at DESC)
+                FILTER (WHERE direction = 'inbound'))[1] AS external_user_id,
+           (array_agg(sender_name ORDER BY sent_at DESC)
+                FILTER (WHERE direction = 'inbound' AND sender_name IS NOT NULL))[1] AS user_name,
+           max(sent_at) AS last_message_at,
+           count(*) AS total,
+           count(*) FILTER (WHERE direction = 'inbound') AS inbound,
+           count(*) FILTER (WHERE direction = 'outbound') AS outbound
+    FROM written
+    GROUP BY tenant_id, integration_id, conversation_key
 )
-
-
-@dataclass
-class DirectCopy:
-    """Whether a batch of new messages may be COPied straight into its monthly
-    partitions (the fast path), turned off for the process once the database refuses
-    it for lack of privileges."""
-
-    enabled: bool = True
-
-
-def partition_of(sent_at: datetime) -> str:
-    """The monthly partition of channel_messages a timestamp belongs to (UTC months,
-    named as sb_ensure_partitions names them)."""
-    return f"channel_messages_p{sent_at.astimezone(UTC):%Y%m}"
-
-
-async def _copy_direct(
-    conn: asyncpg.Connection, messages: Sequence[tuple[Any, ...]], mode: DirectCopy
-) -> bool:
-    """COPY new messages straight into their partitions, all or nothing (a savepoint).
-
-    Partitions carry no row-level security of their own; only switchboard_worker may
-    insert into them (migration 0013), and the parent's policies let it write any
-    tenant's rows anyway. Faster than INSERT ... SELECT (COPY writes whole pages), but
-    refused by the unique key on any replayed row: then the caller takes the staging path.
-    """
-    by_partition: dict[str, list[tuple[Any, ...]]] = {}
-    for row in messages:
-        by_partition.setdefault(partition_of(row[18]), []).append(row)
-    try:
-        async with conn.transaction():
-            for name, rows in by_partition.items():
-                await conn.copy_records_to_table(name, records=rows, columns=MESSAGE_COLUMNS)
-    except _DIRECT_COPY_REFUSED as exc:
-        log.debug("direct COPY refused: %s", exc)
-        if isinstance(exc, asyncpg.InsufficientPrivilegeError | asyncpg.FeatureNotSupportedError):
-            mode.enabled = False
-            log.warning("direct COPY into partitions refused (%s); using INSERT only", exc)
-        return False
-    return True
-
+INSERT INTO conversations AS c (
+    tenant_id, integration_id, channel, conversation_key, external_user_id, user_name,
+    last_message_at, message_count, inbound_count, outbound_count)
+SELECT tenant_id, integration_id, channel, conversation_key, external_user_id, user_name,
+       last_message_at, total, inbound, outbound
+FROM counts
+ORDER BY tenant_id, integration_id, conversation_key
+ON CONFLICT (tenant_id, integration_id, conversation_key) DO UPDATE
+    SET message_count = c.message_count + EXCLUDED.message_count,
+        inbound_count = c.inbound_count + EXCLUDED.inbound_count,
+        outbound_count = c.outbound_count + EXCLUDED.outbound_count,
+        last_message_at = greatest(c.last_message_at, EXCLUDED.last_message_at),
+        external_user_id = coalesce(c.external_user_id, EXCLUDED.external_user_id),
+        user_name = coalesce(EXCLUDED.user_name, c.user_name)
+"""
 
 # A newer edit of a message stored earlier replaces its content (rows inserted just now
 # already hold the batch's latest version, so they never match).
@@ -275,14 +204,8 @@ async def write_batch(
     conn: asyncpg.Connection,
     messages: Sequence[tuple[Any, ...]],
     statuses: Sequence[tuple[Any, ...]],
-    *,
-    direct: DirectCopy | None = None,
 ) -> None:
-    """Store one batch; the caller owns the transaction and created STAGING_SQL.
-
-    With ``direct`` enabled, a batch of only new, unedited messages is COPied straight
-    into its partitions; anything else (a replayed row, an edit) takes the staging path.
-    """
+    """Store one batch; the caller owns the transaction and created STAGING_SQL."""
     if messages:
         await conn.copy_records_to_table(
             "stage_messages", records=messages, columns=MESSAGE_COLUMNS
@@ -295,19 +218,8 @@ async def write_batch(
     touched: set[tuple[uuid.UUID, uuid.UUID, str]] = set()
     outbound = [r for r in messages if r[3] == "outbound"]
     if messages:
-        edits = any(r[15] is not None for r in messages)  # edited_at
-        if (
-            direct is not None
-            and direct.enabled
-            and not edits
-            and await _copy_direct(conn, messages, direct)
-        ):
-            DIRECT_COPY.labels("direct").inc()
-            await conn.execute(_COUNT_STAGED)
-        else:
-            DIRECT_COPY.labels("staged").inc()
-            await conn.execute(_INSERT_MESSAGES)
-        if edits:
+        await conn.execute(_INSERT_MESSAGES)
+        if any(r[15] is not None for r in messages):  # edited_at
             await conn.execute(_APPLY_EDITS)
         touched |= {(r[0], r[1], r[5]) for r in outbound}
     if statuses or outbound:  # only then can a status, new or pending, apply
