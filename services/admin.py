@@ -31,6 +31,29 @@ async def operator_session(
         await pool.close()
 
 
+async def audit_operator_action(
+    publisher: EventPublisher,
+    actor_id: str,
+    tenant_id: uuid.UUID | None,
+    action: str,
+    resource_type: str,
+    resource_id: uuid.UUID,
+    **metadata: Any,
+) -> None:
+    """Publish what an operator did (never a credential value)."""
+    await publisher.publish(
+        AuditEvent(
+            tenant_id=tenant_id,
+            actor_type="operator",
+            actor_id=actor_id,
+            action=action,
+            resource_type=resource_type,
+            resource_id=str(resource_id),
+            metadata=metadata,
+        )
+    )
+
+
 class Admin:
     """Changes the store, then publishes what changed (never credential values)."""
 
@@ -49,16 +72,8 @@ class Admin:
         resource_id: uuid.UUID,
         **metadata: Any,
     ) -> None:
-        await self._publisher.publish(
-            AuditEvent(
-                tenant_id=tenant_id,
-                actor_type="operator",
-                actor_id=self._actor,
-                action=action,
-                resource_type=resource_type,
-                resource_id=str(resource_id),
-                metadata=metadata,
-            )
+        await audit_operator_action(
+            self._publisher, self._actor, tenant_id, action, resource_type, resource_id, **metadata
         )
 
     async def create_tenant(self, name: str, slug: str | None) -> dict[str, Any]:

@@ -13,9 +13,10 @@ from typing import Any
 
 import asyncpg
 
+from services.admin import audit_operator_action
 from services.workers.agent.state import State, resume
 from services.workers.agent.store import STATE_COLUMNS, state_from_row, state_values
-from shared.events import AuditEvent, MessageOutbound
+from shared.events import MessageOutbound
 from shared.integrations import InvalidInput, NotFound
 from shared.kafka import EventPublisher
 
@@ -131,16 +132,14 @@ class ConversationAdmin:
         return row
 
     async def _audit(self, row: asyncpg.Record, action: str, **metadata: Any) -> None:
-        await self._publisher.publish(
-            AuditEvent(
-                tenant_id=row["tenant_id"],
-                actor_type="operator",
-                actor_id=self._actor,
-                action=action,
-                resource_type="conversation",
-                resource_id=str(row["id"]),
-                metadata={k: v for k, v in metadata.items() if v is not None},
-            )
+        await audit_operator_action(
+            self._publisher,
+            self._actor,
+            row["tenant_id"],
+            action,
+            "conversation",
+            row["id"],
+            **{k: v for k, v in metadata.items() if v is not None},
         )
 
 

@@ -16,9 +16,9 @@ from typing import Any
 import asyncpg
 import orjson
 
+from services.admin import audit_operator_action
 from services.workers.agent.flow import FlowInvalid, lint_flow
 from shared.db.pool import tenant_transaction
-from shared.events import AuditEvent
 from shared.integrations import InvalidInput, NotFound, find_tenant
 from shared.kafka import EventPublisher
 
@@ -149,14 +149,12 @@ class FlowAdmin:
     async def _audit(
         self, tenant_id: uuid.UUID, action: str, flow_id: uuid.UUID, **metadata: Any
     ) -> None:
-        await self._publisher.publish(
-            AuditEvent(
-                tenant_id=tenant_id,
-                actor_type="operator",
-                actor_id=self._actor,
-                action=action,
-                resource_type="conversation_flow",
-                resource_id=str(flow_id),
-                metadata=metadata,
-            )
+        await audit_operator_action(
+            self._publisher,
+            self._actor,
+            tenant_id,
+            action,
+            "conversation_flow",
+            flow_id,
+            **metadata,
         )
