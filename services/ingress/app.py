@@ -10,7 +10,7 @@ from services.conversations import ConversationAdmin
 from services.ingress.operator_api import CONVERSATIONS, mount_operator_api
 from services.ingress.pipeline import Ingress
 from services.ingress.registry import IntegrationCache
-from services.ingress.webhooks import INGRESS
+from services.ingress.webhooks import INGRESS, POOL
 from services.ingress.widget_replies import widget_replies
 from shared.crypto import CredentialCipher
 from shared.db.pool import create_pool
@@ -56,6 +56,7 @@ def create_app(settings: Settings) -> web.Application:
             max_body_bytes=settings.max_body_bytes,
         )
         app[INGRESS] = ingress
+        app[POOL] = pool
         app[CONVERSATIONS] = ConversationAdmin(pool, ingress.publisher, actor_id="http:operator")
 
         async def db_ready() -> None:

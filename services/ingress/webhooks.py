@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 from aiohttp import web
 
 from services.ingress import metrics
@@ -23,6 +24,7 @@ from shared.integrations import Integration
 log = logging.getLogger(__name__)
 
 INGRESS: web.AppKey[Ingress] = web.AppKey("ingress", Ingress)
+POOL: web.AppKey[asyncpg.Pool] = web.AppKey("pool", asyncpg.Pool)
 RETRY_AFTER_S = 5
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -213,6 +213,7 @@ async def test_chat_with_a_flow_in_a_real_browser(
     browser, ingress, make_integration, worker_settings: Settings
 ) -> None:
     """The whole loop: page → ingress → agent (the demo flow) → egress → the page's socket."""
+    from aiohttp import ClientSession
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -220,9 +221,10 @@ async def test_chat_with_a_flow_in_a_real_browser(
     from services.flows import FlowAdmin, read_definition
     from services.workers.agent.role import AGENT
     from services.workers.egress.role import run_member as run_egress
-    from shared.db.pool import create_pool
+    from services.workers.persister.role import PERSISTER
+    from shared.db.pool import connect, create_pool
     from shared.kafka import EventPublisher, create_producer
-    from tests.integration.workers.conftest import running
+    from tests.integration.workers.conftest import running, wait_until
 
     driver = browser
     integration = await make_integration("widget", {"allowed_origins": "https://shop.example"})
@@ -240,8 +242,9 @@ async def test_chat_with_a_flow_in_a_real_browser(
     stop = asyncio.Event()
     egress = asyncio.create_task(run_egress(worker_settings, stop))
     try:
-        async with running(AGENT, worker_settings):
-            await asyncio.to_thread(driver.get, f"{ingress.url}/widget/{integration.id}/")
+        async with running(AGENT, worker_settings), running(PERSISTER, worker_settings):
+            page = f"{ingress.url}/widget/{integration.id}/"
+            await asyncio.to_thread(driver.get, page)
             await wait_for(
                 driver,
                 lambda d: d.find_element(By.ID, "sb-status").get_attribute("data-state") == "open",
@@ -273,6 +276,39 @@ async def test_chat_with_a_flow_in_a_real_browser(
                     ]
                 ),
                 "the chosen category's answer and the next question",
+            )
+
+            # The page is closed when the answer to the next message comes: opened
+            # again, it shows the replies it missed (stored by the persister).
+            root = await asyncio.to_thread(driver.find_element, By.ID, "sb-root")
+            session_id = await asyncio.to_thread(root.get_attribute, "data-session-id")
+            await asyncio.to_thread(driver.get, "about:blank")
+            async with (
+                ClientSession() as http,
+                http.post(
+                    page + "messages",
+                    # another visitor id: this one used up the page's rate limit
+                    json={"session_id": session_id, "visitor_id": "v-2", "text": "a@b.co"},
+                ) as resp,
+            ):
+                assert resp.status == 202
+            conn = await connect(worker_settings.require_database_url())
+            try:
+                stored = "SELECT count(*) FROM channel_messages WHERE direction = 'outbound'"
+                assert await wait_until(conn, stored, 6) == 6
+            finally:
+                await conn.close()
+            await asyncio.to_thread(driver.get, page)
+            await wait_for(
+                driver,
+                lambda d: (
+                    _incoming(d)
+                    == [
+                        "Thanks! We'll write to a@b.co shortly.",
+                        "Is there anything else I can help with?",
+                    ]
+                ),
+                "the replies sent while the page was closed",
             )
     finally:
         stop.set()

@@ -22,7 +22,7 @@ from aiohttp import WSMsgType, web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from services.ingress.pipeline import AdapterResult, Rejected, WebhookRequest, now_utc
-from services.ingress.webhooks import INGRESS, guarded, read_body
+from services.ingress.webhooks import INGRESS, POOL, guarded, read_body
 from services.ingress.widget_sockets import (
     MAX_SOCKETS_PER_SESSION,
     SOCKETS,
@@ -160,6 +160,15 @@ class WidgetAdapter:
 
 
 PAGE_FILE = Path(__file__).with_name("widget_page.html")
+HISTORY_LIMIT = 50
+_HISTORY_SQL = f"""
+SELECT external_id, text, payload -> 'quick_replies' AS quick_replies, sent_at
+FROM channel_messages
+WHERE tenant_id = $1 AND integration_id = $2 AND conversation_key = $3
+  AND direction = 'outbound' AND sent_at > $4
+ORDER BY sent_at
+LIMIT {HISTORY_LIMIT}
+"""
 PREFLIGHT_MAX_AGE_S = 600
 WS_HEARTBEAT_S = 25.0
 _CSP_SOURCE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
@@ -258,6 +267,39 @@ def register(app: web.Application, settings: Settings) -> None:
 
         return outcome.finish(await guarded(request, adapter.channel, work))
 
+    async def history(request: web.Request) -> web.StreamResponse:
+        """Replies stored after ``after`` (ISO time), for a page that was not connected."""
+        outcome = _Outcome()
+
+        async def work(resolved: list[Integration | None]) -> web.StreamResponse:
+            integration = await lookup(request, resolved)
+            browser_check(request, integration, outcome)
+            session_id = request.query.get("session_id", "")
+            if not re.fullmatch(ID_PATTERN, session_id):
+                raise Rejected(400, "malformed", f"session_id must be {_ID_RULE}")
+            try:
+                after = datetime.fromisoformat(request.query.get("after", ""))
+            except ValueError:
+                raise Rejected(400, "malformed", "after must be an ISO 8601 time") from None
+            if after.tzinfo is None:
+                raise Rejected(400, "malformed", "after must carry a time zone")
+            rows = await request.app[POOL].fetch(
+                _HISTORY_SQL, integration.tenant_id, integration.id, session_id, after
+            )
+            messages = [
+                {
+                    "type": "message",
+                    "message_id": r["external_id"],
+                    "text": r["text"],
+                    "quick_replies": r["quick_replies"] or [],
+                    "sent_at": r["sent_at"].isoformat(),
+                }
+                for r in rows
+            ]
+            return web.json_response({"messages": messages})
+
+        return outcome.finish(await guarded(request, adapter.channel, work))
+
     async def preflight(request: web.Request) -> web.StreamResponse:
         outcome = _Outcome()
 
@@ -341,5 +383,6 @@ def register(app: web.Application, settings: Settings) -> None:
     app.router.add_get(base, to_page)
     app.router.add_get(base + "/", chat_page)
     app.router.add_post(base + "/messages", post_message)
+    app.router.add_get(base + "/messages", history)
     app.router.add_route("OPTIONS", base + "/messages", preflight)
     app.router.add_get(base + "/ws", websocket)

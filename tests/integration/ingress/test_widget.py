@@ -438,3 +438,56 @@ async def test_replies_on_the_widget_topic_reach_the_socket_holder(ingress, widg
     statuses = await ingress.events(ingress.topics.status, expect=1, timeout=10)
     assert statuses and all(isinstance(s, MessageStatus) for s in statuses)
     assert {(s.message_id, s.status) for s in statuses} == {("r-chat-9", "delivered")}
+
+
+async def test_a_page_catches_up_on_replies_it_missed(ingress, widget, http, db_url) -> None:
+    """Replies stored while no socket was open are served after a time, oldest first."""
+    from datetime import UTC, datetime, timedelta
+
+    from shared.db.pool import connect
+
+    t0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    conn = await connect(db_url)
+    try:
+        for n, (session, direction) in enumerate(
+            [("s-9", "outbound"), ("s-9", "inbound"), ("s-9", "outbound"), ("other", "outbound")]
+        ):
+            await conn.execute(
+                "INSERT INTO channel_messages (tenant_id, integration_id, channel, direction,"
+                " external_id, conversation_key, text, payload, sent_at)"
+                " VALUES ($1, $2, 'widget', $3, $4, $5, $6, $7, $8)",
+                widget.tenant_id,
+                widget.id,
+                direction,
+                f"m-{n}",
+                session,
+                f"text {n}",
+                {"quick_replies": [{"title": "Yes", "payload": "yes"}]} if n == 2 else {},
+                t0 + timedelta(seconds=n),
+            )
+    finally:
+        await conn.close()
+    url = messages_url(ingress, widget.id)
+    async with http.get(
+        url, params={"session_id": "s-9", "after": t0.isoformat()}, headers={"Origin": SHOP}
+    ) as resp:
+        assert resp.status == 200
+        assert resp.headers["Access-Control-Allow-Origin"] == SHOP
+        body = await resp.json()
+    assert [(m["message_id"], m["text"], m["quick_replies"]) for m in body["messages"]] == [
+        ("m-2", "text 2", [{"title": "Yes", "payload": "yes"}])
+    ]
+    async with http.get(url, params={"session_id": "s-9", "after": "2026-11-22T11:00:00Z"}) as resp:
+        assert [m["message_id"] for m in (await resp.json())["messages"]] == ["m-0", "m-2"]
+    for params in (
+        {"session_id": "s-9"},
+        {"session_id": "s-9", "after": "yesterday"},
+        {"session_id": "s-9", "after": "2026-11-22T11:00:00"},
+        {"session_id": "bad id!", "after": t0.isoformat()},
+    ):
+        async with http.get(url, params=params) as resp:
+            assert resp.status == 400, params
+    async with http.get(
+        url, params={"session_id": "s-9", "after": t0.isoformat()}, headers={"Origin": EVIL}
+    ) as resp:
+        assert "Access-Control-Allow-Origin" not in resp.headers
