@@ -52,3 +52,15 @@ def jsonable(obj: Any) -> Any:
     import orjson
 
     return orjson.loads(orjson.dumps(obj))
+
+
+async def activate_demo_flow(settings: Any, tenant_id: uuid.UUID) -> None:
+    """Import the demo support flow for a tenant and make it active (as the CLI would)."""
+    from services.admin import operator_session
+    from services.demo import DEMO_FLOW
+    from services.flows import FlowAdmin, read_definition
+
+    async with operator_session(settings, actor_id="test") as (pool, publisher, actor):
+        await FlowAdmin(pool, publisher, actor_id=actor).import_flow(
+            str(tenant_id), read_definition(DEMO_FLOW), name="support", activate=True
+        )

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
-from services.ingress.widget_sockets import push
+from services.ingress.widget_sockets import push, reply_frame
 from shared.errors import DeadLetterError
 from shared.events import MessageOutbound, MessageStatus, decode_as, utcnow
 from shared.kafka import EventPublisher
@@ -37,14 +37,12 @@ REPLIES = Counter(
 
 
 def frame(message: MessageOutbound) -> dict[str, Any]:
-    """What the widget page receives for one reply."""
-    return {
-        "type": "message",
-        "message_id": message.message_id,
-        "text": message.text,
-        "quick_replies": [{"title": q.title, "payload": q.payload} for q in message.quick_replies],
-        "sent_at": message.sent_at.isoformat(),
-    }
+    return reply_frame(
+        message.message_id,
+        message.text,
+        [{"title": q.title, "payload": q.payload} for q in message.quick_replies],
+        message.sent_at.isoformat(),
+    )
 
 
 async def deliver(app: web.Application, publisher: EventPublisher, value: bytes) -> bool:

@@ -108,6 +108,19 @@ async def _send_one(ws: web.WebSocketResponse, text: str) -> bool:
     return True
 
 
+def reply_frame(
+    message_id: str, text: str | None, quick_replies: list[dict[str, str]], sent_at: str
+) -> dict[str, Any]:
+    """What the widget page receives for one reply, pushed or fetched after a reconnect."""
+    return {
+        "type": "message",
+        "message_id": message_id,
+        "text": text,
+        "quick_replies": quick_replies,
+        "sent_at": sent_at,
+    }
+
+
 SOCKETS: web.AppKey[SocketRegistry] = web.AppKey("widget_sockets", SocketRegistry)
 
 

@@ -12,19 +12,15 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import orjson
-
-from services.demo import DEMO_FLOW
-from services.flows import FlowAdmin
 from services.workers import metrics
 from services.workers.agent.role import AGENT
 from services.workers.runtime import run_role
-from shared.db.pool import connect, create_pool
+from shared.db.pool import connect
 from shared.events import MessageInbound, Topics
 from shared.integrations import Integration
-from shared.kafka import EventPublisher, create_producer
 from shared.settings import Settings
 from tests.bench.persister import _integration, _produce
+from tests.support import activate_demo_flow
 
 MESSAGES = 4_000
 
@@ -47,29 +43,10 @@ def _conversations(integration: Integration, n: int) -> list[MessageInbound]:
     ]
 
 
-async def _activate_demo_flow(settings: Settings, integration: Integration) -> None:
-    pool = await create_pool(settings.require_database_url(), min_size=1, max_size=1)
-    producer = create_producer(settings)
-    await producer.start()
-    try:
-        flows = FlowAdmin(
-            pool, EventPublisher(producer, Topics(settings.topic_prefix)), actor_id="b"
-        )
-        await flows.import_flow(
-            str(integration.tenant_id),
-            orjson.loads(DEMO_FLOW.read_bytes()),
-            name="support",
-            activate=True,
-        )
-    finally:
-        await producer.stop()
-        await pool.close()
-
-
 async def agent_rate(settings: Settings) -> float:
     """Messages/s of one agent member: first record fetched to last offset committed."""
     integration = await _integration(settings)
-    await _activate_demo_flow(settings, integration)
+    await activate_demo_flow(settings, integration.tenant_id)
     topics = Topics(settings.topic_prefix)
     # Replies go to the outbound topic; the inbound backlog is what the agent works off.
     await _produce(settings, topics, _conversations(integration, MESSAGES))

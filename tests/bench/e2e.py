@@ -17,19 +17,16 @@ import aiohttp
 from aiohttp import web
 from pydantic import SecretStr
 
-from services.demo import DEMO_FLOW
-from services.flows import FlowAdmin, read_definition
 from services.ingress.app import create_app
 from services.workers.agent.role import AGENT
 from services.workers.egress.role import run_member as run_egress
 from services.workers.runtime import run_role
 from shared.crypto import CredentialCipher, new_key, parse_key
 from shared.db.pool import create_pool
-from shared.events import Topics
 from shared.integrations import IntegrationStore
-from shared.kafka import EventPublisher, create_producer
 from shared.settings import Settings
 from tests.standins import TelegramStandin
+from tests.support import activate_demo_flow
 
 RATE_PER_S = 20
 MESSAGES = 300
@@ -54,24 +51,16 @@ def _update(n: int) -> dict[str, object]:
 async def _setup(settings: Settings) -> str:
     """A tenant with a Telegram bot and the demo flow active; the bot's webhook path."""
     pool = await create_pool(settings.require_database_url(), min_size=1, max_size=1)
-    producer = create_producer(settings)
-    await producer.start()
     try:
         store = IntegrationStore(pool, CredentialCipher(settings.require_secret_key()))
         tenant = await store.create_tenant("Bench bot", f"bench-{uuid.uuid4().hex[:8]}")
         bot = await store.add_integration(
             tenant, "telegram", {"bot_token": TOKEN, "secret_token": SECRET}
         )
-        flows = FlowAdmin(
-            pool, EventPublisher(producer, Topics(settings.topic_prefix)), actor_id="b"
-        )
-        await flows.import_flow(
-            str(tenant.id), read_definition(DEMO_FLOW), name="support", activate=True
-        )
-        return bot.webhook_path
     finally:
-        await producer.stop()
         await pool.close()
+    await activate_demo_flow(settings, tenant.id)
+    return bot.webhook_path
 
 
 async def webhook_to_reply(settings: Settings) -> dict[str, float]:

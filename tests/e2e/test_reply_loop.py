@@ -14,18 +14,13 @@ import pytest
 from aiohttp import ClientSession
 from telegram import CallbackQuery, Chat, Message, Update, User
 
-from services.demo import DEMO_FLOW
-from services.flows import FlowAdmin, read_definition
 from services.workers.agent.role import AGENT
 from services.workers.egress.role import run_member as run_egress
-from shared.db.pool import create_pool
-from shared.events import Topics
-from shared.integrations import Integration
-from shared.kafka import EventPublisher, create_producer
 from shared.settings import Settings
 from tests.integration.ingress import test_slack as slack_hooks
 from tests.integration.workers.conftest import running
 from tests.standins import Recorded, SlackStandin, TelegramStandin
+from tests.support import activate_demo_flow
 
 pytestmark = pytest.mark.e2e
 
@@ -67,20 +62,6 @@ async def workers(loop_settings: Settings) -> AsyncIterator[None]:
         await asyncio.wait_for(egress, 30)
 
 
-async def activate_demo_flow(settings: Settings, integration: Integration) -> None:
-    pool = await create_pool(settings.require_database_url(), min_size=1, max_size=1)
-    producer = create_producer(settings)
-    await producer.start()
-    try:
-        publisher = EventPublisher(producer, Topics(settings.topic_prefix))
-        await FlowAdmin(pool, publisher, actor_id="t").import_flow(
-            str(integration.tenant_id), read_definition(DEMO_FLOW), name="support", activate=True
-        )
-    finally:
-        await producer.stop()
-        await pool.close()
-
-
 async def sent(
     standin: Any, count: int, keep: Callable[[Recorded], bool] = lambda r: True
 ) -> list[Recorded]:
@@ -95,7 +76,7 @@ async def test_telegram_group_chat_with_inline_keyboard(
 ) -> None:
     telegram, _ = standins
     bot = await make_integration("telegram", {"bot_token": TOKEN, "secret_token": SECRET})
-    await activate_demo_flow(loop_settings, bot)
+    await activate_demo_flow(loop_settings, bot.tenant_id)
 
     async def webhook(update: Update) -> None:
         async with (
@@ -155,7 +136,7 @@ async def test_slack_thread_with_block_buttons(
 ) -> None:
     _, slack = standins
     app = await make_integration("slack", dict(slack_hooks.CREDENTIALS))
-    await activate_demo_flow(loop_settings, app)
+    await activate_demo_flow(loop_settings, app.tenant_id)
     root = slack_hooks.new_ts()
 
     async def say(text: str) -> None:

@@ -217,27 +217,16 @@ async def test_chat_with_a_flow_in_a_real_browser(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    from services.demo import DEMO_FLOW
-    from services.flows import FlowAdmin, read_definition
     from services.workers.agent.role import AGENT
     from services.workers.egress.role import run_member as run_egress
     from services.workers.persister.role import PERSISTER
-    from shared.db.pool import connect, create_pool
-    from shared.kafka import EventPublisher, create_producer
+    from shared.db.pool import connect
     from tests.integration.workers.conftest import running, wait_until
+    from tests.support import activate_demo_flow
 
     driver = browser
     integration = await make_integration("widget", {"allowed_origins": "https://shop.example"})
-    pool = await create_pool(worker_settings.require_database_url(), min_size=1, max_size=1)
-    producer = create_producer(worker_settings)
-    await producer.start()
-    try:
-        await FlowAdmin(pool, EventPublisher(producer, ingress.topics), actor_id="t").import_flow(
-            str(integration.tenant_id), read_definition(DEMO_FLOW), name="support", activate=True
-        )
-    finally:
-        await producer.stop()
-        await pool.close()
+    await activate_demo_flow(worker_settings, integration.tenant_id)
 
     stop = asyncio.Event()
     egress = asyncio.create_task(run_egress(worker_settings, stop))

@@ -28,6 +28,7 @@ from services.ingress.widget_sockets import (
     SOCKETS,
     SocketRegistry,
     push,
+    reply_frame,
 )
 from shared.events import Channel, MessageInbound, derive_event_id
 from shared.integrations import Integration, split_origins
@@ -287,13 +288,9 @@ def register(app: web.Application, settings: Settings) -> None:
                 _HISTORY_SQL, integration.tenant_id, integration.id, session_id, after
             )
             messages = [
-                {
-                    "type": "message",
-                    "message_id": r["external_id"],
-                    "text": r["text"],
-                    "quick_replies": r["quick_replies"] or [],
-                    "sent_at": r["sent_at"].isoformat(),
-                }
+                reply_frame(
+                    r["external_id"], r["text"], r["quick_replies"] or [], r["sent_at"].isoformat()
+                )
                 for r in rows
             ]
             return web.json_response({"messages": messages})
