@@ -185,18 +185,14 @@ class ConsumerLoop:
             # Partitions revoked since this batch was fetched now belong to another
             # member, which will read these records again: leave them to it.
             owned = self.consumer.assignment()
-            if any(TopicPartition(r.topic, r.partition) not in owned for r in records):
-                keep = {
-                    (r.topic, r.partition)
-                    for r in records
-                    if TopicPartition(r.topic, r.partition) in owned
-                }
+            fetched = {TopicPartition(t, p) for t, p in {(r.topic, r.partition) for r in records}}
+            if not fetched <= owned:
+                keep = {(tp.topic, tp.partition) for tp in fetched & owned}
                 records = [r for r in records if (r.topic, r.partition) in keep]
                 items = [i for i in items if (i.record.topic, i.record.partition) in keep]
                 undecodable = [u for u in undecodable if (u[0].topic, u[0].partition) in keep]
             if records:
                 await self._process(records, items, undecodable)
-        await self._report_lag()
 
     async def _process(
         self,
@@ -277,7 +273,8 @@ class ConsumerLoop:
     def consumer_group(self) -> str | None:
         return getattr(self.consumer, "_group_id", None)
 
-    async def _report_lag(self) -> None:
+    async def report_lag(self) -> None:
+        """Set the lag gauge of each assigned partition (run before a metrics scrape)."""
         for tp in self.consumer.assignment():
             end = self.consumer.highwater(tp)
             if end is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -60,11 +61,29 @@ def create_consumer(
     )
 
 
+#: Allocations between young-generation collections in a worker (CPython's default: 700).
+WORKER_GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_collector() -> None:
+    """Collect the young generation every 50,000 allocations instead of every 700.
+
+    A batch allocates tens of thousands of acyclic objects (records, events, rows) that
+    stay alive until it is stored and are then freed by reference counting. With the
+    default threshold the collector runs hundreds of times per batch and rescans the
+    batches in hand each time: measured, that was three quarters of the persister's
+    Python time. Cyclic garbage is still collected, only in bigger steps.
+    """
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(WORKER_GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 async def run_role(
     spec: RoleSpec, settings: Settings, *, stop: asyncio.Event | None = None
 ) -> None:
     """Consume until ``stop`` is set (or SIGTERM/SIGINT), then drain and commit."""
     stop = stop or asyncio.Event()
+    tune_collector()
     topics = Topics(settings.topic_prefix)
     producer = create_producer(settings)
     await producer.start()
@@ -88,7 +107,7 @@ async def run_role(
                 batch_size=settings.worker_batch_size,
                 linger_ms=spec.linger_ms(settings),
             )
-            async with _ops_server(settings, consumer):
+            async with _ops_server(settings, consumer, loop.report_lag):
                 task = asyncio.create_task(loop.run())
                 stopper = asyncio.create_task(stop.wait())
                 await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -102,7 +121,9 @@ async def run_role(
 
 
 @contextlib.asynccontextmanager
-async def _ops_server(settings: Settings, consumer: AIOKafkaConsumer) -> AsyncIterator[None]:
+async def _ops_server(
+    settings: Settings, consumer: AIOKafkaConsumer, report_lag: Callable[[], Awaitable[None]]
+) -> AsyncIterator[None]:
     if settings.worker_http_port is None:
         yield
         return
@@ -116,6 +137,7 @@ async def _ops_server(settings: Settings, consumer: AIOKafkaConsumer) -> AsyncIt
     # The dead-letter depth is read from the broker at scrape time (see services.dlq).
     dlq_topic = Topics(settings.topic_prefix).dlq
     add_metrics_refresh(app, lambda: refresh_depth_metric(consumer, dlq_topic))
+    add_metrics_refresh(app, report_lag)  # read at scrape time, off the batch path
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.worker_http_port)

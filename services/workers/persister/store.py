@@ -1,8 +1,8 @@
 """The persister's SQL: COPY into staging, then set-based statements that ignore replays.
 
 Everything for one batch happens in one transaction:
-1. COPY message and status rows into session temp tables.
-2. Refuse the batch's rows whose integration does not exist (they are poison).
+1. Refuse the batch's rows whose integration does not exist (they are poison).
+2. COPY message and status rows into session temp tables.
 3. Insert messages, ignoring ones already stored; then an edit (``edited_at`` set)
    replaces an older stored version, so whichever of the two arrived first, the
    newest edit wins.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 import asyncpg
@@ -36,20 +37,25 @@ CREATE TEMP TABLE IF NOT EXISTS stage_statuses (
 """
 
 _UNKNOWN_INTEGRATIONS = """
-SELECT DISTINCT s.tenant_id, s.integration_id
-FROM (SELECT tenant_id, integration_id FROM stage_messages
-      UNION SELECT tenant_id, integration_id FROM stage_statuses) s
+SELECT s.tenant_id, s.integration_id
+FROM unnest($1::uuid[], $2::uuid[]) AS s(tenant_id, integration_id)
 WHERE NOT EXISTS (SELECT 1 FROM channel_integrations i
                   WHERE i.id = s.integration_id AND i.tenant_id = s.tenant_id)
 """
 
-_INSERT_MESSAGES = """
-WITH latest AS (
+# Two forms of one statement. The careful one keeps the newest version of each message
+# in the batch and skips messages already stored. The fresh one inserts every staged row
+# as it is: used when the batch's keys are distinct, inside a savepoint, so a message
+# already stored (a replay) aborts it and the careful form runs instead. Nearly every
+# batch is fresh, and the fresh form costs about what a COPY into the table does.
+_LATEST_STAGED = """
     SELECT DISTINCT ON (tenant_id, integration_id, direction, external_id, sent_at) *
     FROM stage_messages
     ORDER BY tenant_id, integration_id, direction, external_id, sent_at,
              edited_at DESC NULLS LAST
-), written AS (
+"""
+_INSERT_MESSAGES = """
+WITH latest AS ({latest}), written AS (
     INSERT INTO channel_messages AS m (
         tenant_id, integration_id, channel, direction, external_id, conversation_key,
         sender_id, sender_name, text, message_type, attachments, reply_to, thread_id,
@@ -58,7 +64,7 @@ WITH latest AS (
            sender_id, sender_name, text, message_type, attachments, reply_to, thread_id,
            status, status_rank, edited_at, event_id, payload, sent_at
     FROM latest
-    ON CONFLICT (tenant_id, integration_id, direction, external_id, sent_at) DO NOTHING
+    {on_conflict}
     RETURNING tenant_id, integration_id, channel, direction, conversation_key, sender_id,
               sender_name, sent_at
 ), counts AS (
@@ -89,6 +95,16 @@ ON CONFLICT (tenant_id, integration_id, conversation_key) DO UPDATE
         external_user_id = coalesce(c.external_user_id, EXCLUDED.external_user_id),
         user_name = coalesce(EXCLUDED.user_name, c.user_name)
 """
+_INSERT_CAREFUL = _INSERT_MESSAGES.format(
+    latest=_LATEST_STAGED,
+    on_conflict="ON CONFLICT (tenant_id, integration_id, direction, external_id, sent_at) "
+    "DO NOTHING",
+)
+_INSERT_FRESH = (
+    "SAVEPOINT fresh_messages;\n"
+    + _INSERT_MESSAGES.format(latest="SELECT * FROM stage_messages", on_conflict="")
+    + ";\nRELEASE SAVEPOINT fresh_messages;"
+)
 
 # A newer edit of a message stored earlier replaces its content (rows inserted just now
 # already hold the batch's latest version, so they never match).
@@ -206,19 +222,22 @@ async def write_batch(
     statuses: Sequence[tuple[Any, ...]],
 ) -> None:
     """Store one batch; the caller owns the transaction and created STAGING_SQL."""
+    pairs = {(r[0], r[1]) for r in messages} | {(r[0], r[1]) for r in statuses}
+    unknown = await conn.fetch(
+        _UNKNOWN_INTEGRATIONS, [p[0] for p in pairs], [p[1] for p in pairs]
+    )
+    if unknown:
+        raise UnknownIntegrations({(r["tenant_id"], r["integration_id"]) for r in unknown})
     if messages:
         await conn.copy_records_to_table(
             "stage_messages", records=messages, columns=MESSAGE_COLUMNS
         )
     if statuses:
         await conn.copy_records_to_table("stage_statuses", records=statuses, columns=STATUS_COLUMNS)
-    unknown = await conn.fetch(_UNKNOWN_INTEGRATIONS)
-    if unknown:
-        raise UnknownIntegrations({(r["tenant_id"], r["integration_id"]) for r in unknown})
     touched: set[tuple[uuid.UUID, uuid.UUID, str]] = set()
     outbound = [r for r in messages if r[3] == "outbound"]
     if messages:
-        await conn.execute(_INSERT_MESSAGES)
+        await _insert_messages(conn, messages)
         if any(r[15] is not None for r in messages):  # edited_at
             await conn.execute(_APPLY_EDITS)
         touched |= {(r[0], r[1], r[5]) for r in outbound}
@@ -232,3 +251,22 @@ async def write_batch(
         await conn.execute(
             _CONVERSATION_STATUS, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
         )
+
+
+#: channel_messages_dedupe_key of a MESSAGE_COLUMNS row.
+_message_key = itemgetter(
+    *(
+        MESSAGE_COLUMNS.index(c)
+        for c in ("tenant_id", "integration_id", "direction", "external_id", "sent_at")
+    )
+)
+
+
+async def _insert_messages(conn: asyncpg.Connection, messages: Sequence[tuple[Any, ...]]) -> None:
+    if len({_message_key(r) for r in messages}) == len(messages):
+        try:
+            await conn.execute(_INSERT_FRESH)
+            return
+        except asyncpg.UniqueViolationError:  # a replay: some are stored already
+            await conn.execute("ROLLBACK TO SAVEPOINT fresh_messages")
+    await conn.execute(_INSERT_CAREFUL)
