@@ -223,9 +223,7 @@ async def write_batch(
 ) -> None:
     """Store one batch; the caller owns the transaction and created STAGING_SQL."""
     pairs = {(r[0], r[1]) for r in messages} | {(r[0], r[1]) for r in statuses}
-    unknown = await conn.fetch(
-        _UNKNOWN_INTEGRATIONS, [p[0] for p in pairs], [p[1] for p in pairs]
-    )
+    unknown = await conn.fetch(_UNKNOWN_INTEGRATIONS, [p[0] for p in pairs], [p[1] for p in pairs])
     if unknown:
         raise UnknownIntegrations({(r["tenant_id"], r["integration_id"]) for r in unknown})
     if messages:
