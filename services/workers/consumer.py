@@ -5,18 +5,27 @@ events to the role's handler (its side effect must be durable and idempotent whe
 returns), and only then commit offsets. A retriable failure (database or broker
 away) retries the same batch with backoff and commits nothing; a record the handler
 rejects as poison is dead-lettered and the partition moves on. On rebalance the
-batch in hand finishes and is committed before partitions are given up.
+batches in hand finish and are committed before partitions are given up.
+
+Two batches can be in a handler at once: while batch N is applied, batch N+1 may be
+prepared (decoded rows encoded, COPied into a session's staging table), then it
+awaits its *turn*: the moment batch N is stored. Everything with an effect others
+can see happens in turn, and offsets are committed batch after batch, so writes and
+commits stay strictly in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -47,7 +56,34 @@ class PoisonRecords(DeadLetterError):
         self.reason = reason
 
 
-Handler = Callable[[Sequence[Item]], Awaitable[None]]
+class BatchAbandoned(Exception):
+    """An earlier batch was left unstored (stopping while the database is away), so
+    this one must not be stored either: its offsets would skip the earlier records."""
+
+
+class PartitionsMoved(Exception):
+    """A partition of the batch was revoked while the batch waited for its turn."""
+
+
+Turn = Awaitable[None]
+"""Resolves when every earlier batch is stored and the batch's partitions are still
+ours; may be awaited any number of times. Raises BatchAbandoned or
+PartitionsMoved otherwise (the loop handles both)."""
+
+Handler = Callable[[Sequence[Item], Turn], Awaitable[None]]
+"""Stores a batch: may prepare it first, must await the turn before any visible effect."""
+
+Step = Callable[[Sequence[Item]], Awaitable[None]]
+
+
+def in_turn(step: Step) -> Handler:
+    """A handler whose whole work is ordered (nothing to prepare before its turn)."""
+
+    async def handle(items: Sequence[Item], turn: Turn) -> None:
+        await turn
+        await step(items)
+
+    return handle
 
 
 def dead_letter_of(
@@ -67,14 +103,61 @@ def dead_letter_of(
     )
 
 
+class _TurnOf:
+    """The turn of one batch: the previous batch's outcome, then an ownership check."""
+
+    def __init__(self, previous: asyncio.Future[None], owned: Callable[[], bool]) -> None:
+        self._previous = previous
+        self._owned = owned
+        self.granted_at: float | None = None
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> None:
+        await asyncio.shield(self._previous)
+        if not self._owned():
+            raise PartitionsMoved
+        if self.granted_at is None:
+            self.granted_at = time.perf_counter()
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """How one batch went, for the batch behind it: stored, then offsets committed."""
+
+    applied: asyncio.Future[None]
+    committed: asyncio.Future[None]
+
+    @classmethod
+    def start(cls) -> _Chain:
+        """The chain before the first batch: nothing to wait for."""
+        chain = cls.pending()
+        chain.applied.set_result(None)
+        chain.committed.set_result(None)
+        return chain
+
+    @classmethod
+    def pending(cls) -> _Chain:
+        loop = asyncio.get_running_loop()
+        return cls(loop.create_future(), loop.create_future())
+
+    def abandon(self) -> None:
+        """Whatever is not done yet will not be: the next batch must not do it either."""
+        for step in (self.applied, self.committed):
+            if not step.done():
+                step.set_exception(BatchAbandoned())
+                step.exception()  # retrieved: the next batch may not be there to ask
+
+
 class _CommitOnRevoke(ConsumerRebalanceListener):
     def __init__(self, loop: ConsumerLoop) -> None:
         self._loop = loop
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # The batch in hand finishes (and commits) before the partitions move on.
-        async with self._loop.batch_lock:
-            pass
+        # The batches in hand finish (and commit) before the partitions move on.
+        while self._loop.in_flight:
+            await asyncio.wait(set(self._loop.in_flight))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info(
@@ -105,7 +188,8 @@ class ConsumerLoop:
         self.batch_size = batch_size
         self.linger_ms = linger_ms
         self.max_backoff_s = max_backoff_s
-        self.batch_lock = asyncio.Lock()
+        #: Writes not finished yet (at most two: one applied, one prepared behind it).
+        self.in_flight: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -115,23 +199,34 @@ class ConsumerLoop:
     async def run(self) -> None:
         """Fetch, decode and write in a pipeline until stop() is called.
 
-        Batch N+1 is fetched and decoded (Python CPU) while batch N is written (the
-        database's CPU); writes and commits stay strictly in order.
+        While batch N is written (the database's CPU), batch N+1 is fetched, decoded
+        and handed to the handler to prepare (Python CPU), then N+2 is fetched and
+        decoded; a batch applies only in its turn.
         """
         self.consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
-        writing: asyncio.Task[None] | None = None
+        writes: deque[asyncio.Task[None]] = deque()
+        previous = _Chain.start()
         try:
             while not self._stopping.is_set():
                 records = await self._next_batch()
-                decoded = await self._decode(records) if records else None
-                if writing is not None:
-                    await asyncio.shield(writing)
-                    writing = None
-                if decoded is not None:
-                    writing = asyncio.create_task(self._write(records, *decoded))
+                while writes and writes[0].done():
+                    writes.popleft().result()  # a write that crashed stops the loop
+                if not records:
+                    continue
+                items, undecodable = await self._decode(records)
+                if len(writes) == 2:
+                    await asyncio.shield(writes[0])
+                    writes.popleft().result()
+                mine = _Chain.pending()
+                task = asyncio.create_task(self._write(records, items, undecodable, previous, mine))
+                self.in_flight.add(task)
+                task.add_done_callback(self.in_flight.discard)
+                writes.append(task)
+                previous = mine
         finally:
-            if writing is not None:
-                await writing
+            for outcome in await asyncio.gather(*writes, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
 
     async def _next_batch(self) -> list[ConsumerRecord]:
         """Up to batch_size records, waiting at most linger_ms after the first one arrived."""
@@ -180,75 +275,131 @@ class ConsumerLoop:
         records: list[ConsumerRecord],
         items: list[Item],
         undecodable: list[tuple[ConsumerRecord, str, str]],
+        previous: _Chain,
+        mine: _Chain,
     ) -> None:
-        async with self.batch_lock:
-            # Partitions revoked since this batch was fetched now belong to another
-            # member, which will read these records again: leave them to it.
-            owned = self.consumer.assignment()
-            fetched = {TopicPartition(t, p) for t, p in {(r.topic, r.partition) for r in records}}
-            if not fetched <= owned:
-                keep = {(tp.topic, tp.partition) for tp in fetched & owned}
-                records = [r for r in records if (r.topic, r.partition) in keep]
-                items = [i for i in items if (i.record.topic, i.record.partition) in keep]
-                undecodable = [u for u in undecodable if (u[0].topic, u[0].partition) in keep]
-            if records:
-                await self._process(records, items, undecodable)
+        """Store one batch in its turn, then commit its offsets after the previous
+        batch's; ``mine`` tells the next batch how each step went."""
+        try:
+            kept = await self._apply(records, items, undecodable, previous.applied)
+            if kept is None:
+                mine.abandon()
+                return
+            mine.applied.set_result(None)  # the next batch may apply while we commit
+            if await self._commit(kept, previous.committed):
+                mine.committed.set_result(None)
+            else:
+                mine.abandon()
+        except BaseException:
+            mine.abandon()
+            raise
 
-    async def _process(
+    def _owned(self, records: list[ConsumerRecord]) -> set[tuple[str, int]]:
+        """The batch's partitions this member still owns."""
+        owned = self.consumer.assignment()
+        fetched = {TopicPartition(t, p) for t, p in {(r.topic, r.partition) for r in records}}
+        return {(tp.topic, tp.partition) for tp in fetched & owned}
+
+    def _owns_all(self, partitions: frozenset[tuple[str, int]]) -> bool:
+        owned = self.consumer.assignment()
+        return all(TopicPartition(t, p) in owned for t, p in partitions)
+
+    async def _apply(
         self,
         records: list[ConsumerRecord],
         items: list[Item],
         undecodable: list[tuple[ConsumerRecord, str, str]],
-    ) -> None:
+        previous: asyncio.Future[None],
+    ) -> list[ConsumerRecord] | None:
+        """Store the batch (and dead-letter its poison) after every earlier batch.
+
+        Returns the records stored (those of partitions still ours), or None when the
+        batch was abandoned.
+        """
         attempt = 0
         while True:
+            # Partitions revoked since this batch was fetched belong to another member
+            # now, which will read these records again: leave them to it.
+            keep = self._owned(records)
+            if len(keep) < len({(r.topic, r.partition) for r in records}):
+                records = [r for r in records if (r.topic, r.partition) in keep]
+                items = [i for i in items if (i.record.topic, i.record.partition) in keep]
+                undecodable = [u for u in undecodable if (u[0].topic, u[0].partition) in keep]
+            turn = _TurnOf(previous, functools.partial(self._owns_all, frozenset(keep)))
             try:
-                rejected = await self._handle(items)
+                rejected = await self._handle(items, turn)
+                await turn
                 await self._dead_letter([*undecodable, *rejected])
-                offsets: dict[TopicPartition, int] = {}
-                for r in records:
-                    tp = TopicPartition(r.topic, r.partition)
-                    offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+                return records
+            except BatchAbandoned:
+                return None
+            except PartitionsMoved:
+                continue  # drop the moved partitions' records and go again
+            except (RetriableError, KafkaError, OSError) as exc:
+                if not await self._back_off("batch", len(records), exc, attempt := attempt + 1):
+                    return None
+
+    async def _commit(self, records: list[ConsumerRecord], previous: asyncio.Future[None]) -> bool:
+        """Commit the stored batch's offsets after the previous batch's; False if not."""
+        try:
+            await asyncio.shield(previous)
+        except BatchAbandoned:
+            return False  # committing past the earlier records would skip them
+        offsets: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+        attempt = 0
+        while offsets:
+            try:
                 await self.consumer.commit(offsets)
                 break
-            except (RetriableError, KafkaError, OSError) as exc:
-                if self._stopping.is_set():
-                    # Stopping while the database or broker is away: leave the batch
-                    # uncommitted (it is read again after a restart) instead of retrying
-                    # until they come back.
-                    log.warning(
-                        "%s: stopping with a batch of %d not stored (%s); it stays uncommitted",
-                        self.role,
-                        len(records),
-                        exc,
-                    )
-                    return
-                attempt += 1
-                metrics.RETRIES.labels(self.role).inc()
-                delay = min(self.max_backoff_s, 0.2 * 2**attempt) * (0.5 + random.random())
-                log.warning(
-                    "%s: batch of %d failed (%s); retrying in %.1fs",
-                    self.role,
-                    len(records),
-                    exc,
-                    delay,
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+            except (KafkaError, OSError) as exc:
+                if not await self._back_off("commit", len(records), exc, attempt := attempt + 1):
+                    return False
+                owned = self.consumer.assignment()  # a rebalance may have moved some
+                offsets = {tp: o for tp, o in offsets.items() if tp in owned}
         per_topic: dict[str, int] = {}
         for r in records:
             per_topic[r.topic] = per_topic.get(r.topic, 0) + 1
         for topic, count in per_topic.items():
             metrics.PROCESSED.labels(self.role, topic).inc(count)
+        return True
 
-    async def _handle(self, items: list[Item]) -> list[tuple[ConsumerRecord, str, str]]:
+    async def _back_off(self, what: str, size: int, exc: BaseException, attempt: int) -> bool:
+        """Wait before retry ``attempt``; False when stopping instead.
+
+        Stopping while the database or broker is away leaves the batch uncommitted (it
+        is read again after a restart) instead of retrying until they come back.
+        """
+        if self._stopping.is_set():
+            log.warning(
+                "%s: stopping with a %s of %d not done (%s); it stays uncommitted",
+                self.role,
+                what,
+                size,
+                exc,
+            )
+            return False
+        metrics.RETRIES.labels(self.role).inc()
+        delay = min(self.max_backoff_s, 0.2 * 2**attempt) * (0.5 + random.random())
+        log.warning(
+            "%s: %s of %d failed (%s); retrying in %.1fs", self.role, what, size, exc, delay
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        return True
+
+    async def _handle(
+        self, items: list[Item], turn: _TurnOf
+    ) -> list[tuple[ConsumerRecord, str, str]]:
         """Run the handler; poison it names is set aside and the rest retried at once."""
         pending = list(items)
         rejected: list[tuple[ConsumerRecord, str, str]] = []
         while pending:
             started = time.perf_counter()
             try:
-                await self.handler(pending)
+                await self.handler(pending, turn)
             except PoisonRecords as bad:
                 bad_ids = {id(i) for i in bad.items}
                 if not bad_ids:
@@ -257,7 +408,9 @@ class ConsumerLoop:
                 pending = [i for i in pending if id(i) not in bad_ids]
                 continue
             metrics.BATCH_SIZE.labels(self.role).observe(len(pending))
-            metrics.WRITE_SECONDS.labels(self.role).observe(time.perf_counter() - started)
+            # From the turn on: the wait behind the previous batch is not this write's.
+            since = max(started, turn.granted_at or started)
+            metrics.WRITE_SECONDS.labels(self.role).observe(time.perf_counter() - since)
             break
         return rejected
 

@@ -16,10 +16,11 @@ from services.workers import metrics
 from services.workers.agent.role import AGENT
 from services.workers.runtime import run_role
 from shared.db.pool import connect
-from shared.events import MessageInbound, Topics
+from shared.events import MessageInbound
 from shared.integrations import Integration
 from shared.settings import Settings
 from tests.bench.persister import _integration, _produce
+from tests.bench.stack import own_topics
 from tests.support import activate_demo_flow
 
 MESSAGES = 4_000
@@ -45,9 +46,9 @@ def _conversations(integration: Integration, n: int) -> list[MessageInbound]:
 
 async def agent_rate(settings: Settings) -> float:
     """Messages/s of one agent member: first record fetched to last offset committed."""
+    settings, topics = await own_topics(settings, "agent")
     integration = await _integration(settings)
     await activate_demo_flow(settings, integration.tenant_id)
-    topics = Topics(settings.topic_prefix)
     # Replies go to the outbound topic; the inbound backlog is what the agent works off.
     await _produce(settings, topics, _conversations(integration, MESSAGES))
     settings = settings.model_copy(

@@ -25,6 +25,7 @@ from shared.crypto import CredentialCipher, new_key, parse_key
 from shared.db.pool import create_pool
 from shared.integrations import IntegrationStore
 from shared.settings import Settings
+from tests.bench.stack import own_topics
 from tests.standins import TelegramStandin
 from tests.support import activate_demo_flow
 
@@ -65,6 +66,7 @@ async def _setup(settings: Settings) -> str:
 
 async def webhook_to_reply(settings: Settings) -> dict[str, float]:
     standin = TelegramStandin(tokens={TOKEN})
+    settings, _ = await own_topics(settings, "e2e")
     async with standin.running():
         settings = settings.model_copy(
             update={

@@ -21,8 +21,9 @@ from shared.crypto import CredentialCipher, new_key, parse_key
 from shared.db.pool import connect, create_pool
 from shared.events import MessageInbound, Topics, decode
 from shared.integrations import Integration, IntegrationStore
-from shared.kafka import EventPublisher, create_producer, ensure_topics
+from shared.kafka import EventPublisher, create_producer
 from shared.settings import Settings
+from tests.bench.stack import own_topics
 
 EVENTS = 50_000
 PER_ROW_EVENTS = 5_000
@@ -84,9 +85,7 @@ async def persister_rate(settings: Settings) -> float:
 
     Each run has topics of its own, so runs can repeat in one stack.
     """
-    topics = Topics(f"p{uuid.uuid4().hex[:6]}.")
-    await ensure_topics(settings.require_kafka(), topics.all(), partitions=6)
-    settings = settings.model_copy(update={"topic_prefix": topics.prefix})
+    settings, topics = await own_topics(settings, "p")
     integration = await _integration(settings)
     await _produce(settings, topics, _events(integration, EVENTS))
     stop = asyncio.Event()
@@ -132,8 +131,7 @@ async def copy_rate(settings: Settings, superuser_url: str) -> float:
 async def per_row_rate(settings: Settings) -> float:
     """Rows/s of a naive consumer: one INSERT per message, offsets committed per fetch."""
     integration = await _integration(settings)
-    topics = Topics(f"perrow{uuid.uuid4().hex[:6]}.")
-    await ensure_topics(settings.require_kafka(), topics.all(), partitions=6)
+    settings, topics = await own_topics(settings, "perrow")
     await _produce(settings, topics, _events(integration, PER_ROW_EVENTS))
     columns = ", ".join(MESSAGE_COLUMNS)
     params = ", ".join(f"${i}" for i in range(1, len(MESSAGE_COLUMNS) + 1))
@@ -166,13 +164,25 @@ async def per_row_rate(settings: Settings) -> float:
         await conn.close()
 
 
+async def checkpoint(superuser_url: str) -> None:
+    """Flush what earlier figures wrote, so their checkpoint does not land in the next."""
+    conn = await connect(superuser_url, role=None)
+    try:
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
 async def run(settings: Settings, superuser_url: str, repeat: int = 3) -> dict[str, float]:
     """Best of ``repeat`` runs of each figure, interleaved, so a noisy neighbour on the
-    machine (fsync, checkpoints) does not decide a ratio."""
+    machine does not decide a ratio; each run starts after a checkpoint."""
     persister, ceiling, per_row = 0.0, 0.0, 0.0
     for _ in range(repeat):
+        await checkpoint(superuser_url)
         persister = max(persister, await persister_rate(settings))
+        await checkpoint(superuser_url)
         ceiling = max(ceiling, await copy_rate(settings, superuser_url))
+        await checkpoint(superuser_url)
         per_row = max(per_row, await per_row_rate(settings))
     return {
         "persister_rows_per_s": round(persister),

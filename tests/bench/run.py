@@ -84,7 +84,9 @@ async def _on_the_stack() -> dict[str, float]:
     results: dict[str, float] = {}
     async with bench_stack() as (settings, superuser_url):
         results.update(await persister.run(settings, superuser_url))
+        await persister.checkpoint(superuser_url)
         results["agent_msgs_per_s"] = round(await agent.agent_rate(settings))
+        await persister.checkpoint(superuser_url)
         results.update(await e2e.webhook_to_reply(settings))
     return results
 

@@ -41,3 +41,10 @@ async def bench_stack() -> AsyncIterator[tuple[Settings, str]]:
         finally:
             await broker.stop()
             await postgres.stop()
+
+
+async def own_topics(settings: Settings, name: str) -> tuple[Settings, Topics]:
+    """Settings on topics of their own, so one figure never reads another's records."""
+    topics = Topics(f"{name}{uuid.uuid4().hex[:6]}.")
+    await ensure_topics(settings.require_kafka(), topics.all(), partitions=6)
+    return settings.model_copy(update={"topic_prefix": topics.prefix}), topics

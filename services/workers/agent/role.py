@@ -42,7 +42,7 @@ from services.workers.agent.store import (
     record_turns,
     save_states,
 )
-from services.workers.consumer import Handler, Item, PoisonRecords
+from services.workers.consumer import Handler, Item, PoisonRecords, in_turn
 from services.workers.rejects import isolating_rejects
 from services.workers.runtime import RoleSpec
 from shared.crypto import CredentialCipher
@@ -349,7 +349,7 @@ async def agent_handler(settings: Settings, publisher: EventPublisher) -> AsyncI
         await asyncio.gather(*pending)
 
     try:
-        yield isolating_rejects(handle)
+        yield isolating_rejects(in_turn(handle))
     finally:
         await session.close()
         await pool.close()

@@ -11,7 +11,7 @@ from prometheus_client import Counter
 
 from services.workers.audit.chain import parse_ip
 from services.workers.audit.store import append
-from services.workers.consumer import Handler, Item, PoisonRecords
+from services.workers.consumer import Handler, Item, PoisonRecords, Turn
 from services.workers.rejects import isolating_rejects
 from services.workers.runtime import RoleSpec
 from shared.db.pool import create_pool, retriable_on_disconnect
@@ -50,15 +50,16 @@ def unstorable(event: Envelope) -> str | None:
 async def audit_handler(settings: Settings, _: EventPublisher) -> AsyncIterator[Handler]:
     pool = await create_pool(settings.require_database_url(), min_size=1, max_size=2)
 
-    async def handle(items: Sequence[Item]) -> None:
+    async def handle(items: Sequence[Item], turn: Turn) -> None:
         reasons = {id(i): unstorable(i.event) for i in items}
         for reason in dict.fromkeys(r for r in reasons.values() if r):
             raise PoisonRecords([i for i in items if reasons[id(i)] == reason], reason)
         # A refused row is found by halving; order is kept, so each chain still grows
         # in partition order.
-        await store(items)
+        await store(items, turn)
 
-    async def write(items: Sequence[Item]) -> None:
+    async def write(items: Sequence[Item], turn: Turn) -> None:
+        await turn  # each chain grows from the rows earlier batches appended
         events = [i.event for i in items if isinstance(i.event, AuditEvent)]
         async with retriable_on_disconnect(pool):
             try:

@@ -39,7 +39,7 @@ from typing import Literal
 
 from services.ingress.registry import IntegrationCache
 from services.workers import metrics as worker_metrics
-from services.workers.consumer import Handler, Item, PoisonRecords, dead_letter_of
+from services.workers.consumer import Handler, Item, PoisonRecords, dead_letter_of, in_turn
 from services.workers.egress import metrics
 from services.workers.egress.clients import EgressClients, open_clients
 from services.workers.egress.outcome import Delivered, Outcome, Permanent, Retry
@@ -401,7 +401,7 @@ def loop_spec(egress: Egress, tier: int | None, stop: asyncio.Event) -> RoleSpec
     @asynccontextmanager
     async def handler(settings: Settings, publisher: EventPublisher) -> AsyncIterator[Handler]:
         group_id = f"{settings.consumer_group_prefix}{name}"
-        yield EgressLoop(egress, publisher, name, group_id, tier, stop).handle
+        yield in_turn(EgressLoop(egress, publisher, name, group_id, tier, stop).handle)
 
     # The outbound loop is on a chat reply's path (someone is waiting): small batches.
     return RoleSpec(name=name, topics=topics, handler=handler, latency_sensitive=tier is None)

@@ -10,13 +10,13 @@ poison and go to the dead-letter topic while the rest of the batch is stored.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 
-from services.workers.consumer import Handler, Item, PoisonRecords
+from services.workers.consumer import Handler, Item, PoisonRecords, Turn
 from services.workers.rejects import isolating_rejects
 from services.workers.runtime import RoleSpec
 from shared.db.pool import create_pool, retriable_on_disconnect
@@ -85,13 +85,19 @@ def recovery_row(event: RecoveryEvent) -> tuple[Any, ...]:
     )
 
 
-async def write_recovery_batch(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
-    """Store one batch (the caller owns the transaction); returns the rows really inserted."""
+async def write_recovery_batch(
+    conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]], turn: Awaitable[None]
+) -> int:
+    """Store one batch (the caller owns the transaction); returns the rows really inserted.
+
+    Staging and checks run before ``turn``; the insert, in it.
+    """
     await conn.execute(_STAGING)
     await conn.copy_records_to_table("stage_recovery_events", records=rows, columns=COLUMNS)
     unknown = await conn.fetch(_UNKNOWN_CAMPAIGNS)
     if unknown:
         raise UnknownCampaigns({(r["tenant_id"], r["campaign_id"]) for r in unknown})
+    await turn
     status = await conn.execute(_INSERT)
     return int(status.rsplit(" ", 1)[-1])
 
@@ -100,7 +106,7 @@ async def write_recovery_batch(conn: asyncpg.Connection, rows: Sequence[tuple[An
 async def recovery_handler(settings: Settings, _: EventPublisher) -> AsyncIterator[Handler]:
     pool = await create_pool(settings.require_database_url(), min_size=1, max_size=2)
 
-    async def write(items: Sequence[Item]) -> None:
+    async def write(items: Sequence[Item], turn: Turn) -> None:
         foreign = [i for i in items if not isinstance(i.event, RecoveryEvent)]
         if foreign:
             raise PoisonRecords(foreign, "event type not stored by the recovery persister")
@@ -108,7 +114,7 @@ async def recovery_handler(settings: Settings, _: EventPublisher) -> AsyncIterat
         async with retriable_on_disconnect(pool):
             try:
                 async with pool.acquire() as conn, conn.transaction():
-                    await write_recovery_batch(conn, rows)
+                    await write_recovery_batch(conn, rows, turn)
             except UnknownCampaigns as exc:
                 bad = [
                     i

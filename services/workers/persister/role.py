@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from services.workers.consumer import Handler, Item, PoisonRecords
+from services.workers.consumer import Handler, Item, PoisonRecords, Turn
 from services.workers.persister.rows import split
 from services.workers.persister.store import STAGING_SQL, UnknownIntegrations, write_batch
 from services.workers.rejects import isolating_rejects
@@ -22,14 +22,14 @@ async def persister_handler(settings: Settings, _: EventPublisher) -> AsyncItera
         settings.require_database_url(), min_size=1, max_size=2, session_sql=STAGING_SQL
     )
 
-    async def write(items: Sequence[Item]) -> None:
+    async def write(items: Sequence[Item], turn: Turn) -> None:
         messages, statuses, foreign = split(items)
         if foreign:
             raise PoisonRecords(foreign, "event type not stored by the persister")
         async with retriable_on_disconnect(pool):
             try:
                 async with pool.acquire() as conn, conn.transaction():
-                    await write_batch(conn, messages, statuses)
+                    await write_batch(conn, messages, statuses, turn)
             except UnknownIntegrations as exc:
                 bad = [
                     i

@@ -14,7 +14,7 @@ Everything for one batch happens in one transaction:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -220,8 +220,13 @@ async def write_batch(
     conn: asyncpg.Connection,
     messages: Sequence[tuple[Any, ...]],
     statuses: Sequence[tuple[Any, ...]],
+    turn: Awaitable[None],
 ) -> None:
-    """Store one batch; the caller owns the transaction and created STAGING_SQL."""
+    """Store one batch; the caller owns the transaction and created STAGING_SQL.
+
+    The check and the COPY into staging run before ``turn`` (while the previous batch
+    is applied); everything else, in it.
+    """
     pairs = {(r[0], r[1]) for r in messages} | {(r[0], r[1]) for r in statuses}
     unknown = await conn.fetch(_UNKNOWN_INTEGRATIONS, [p[0] for p in pairs], [p[1] for p in pairs])
     if unknown:
@@ -232,6 +237,7 @@ async def write_batch(
         )
     if statuses:
         await conn.copy_records_to_table("stage_statuses", records=statuses, columns=STATUS_COLUMNS)
+    await turn
     touched: set[tuple[uuid.UUID, uuid.UUID, str]] = set()
     outbound = [r for r in messages if r[3] == "outbound"]
     if messages:

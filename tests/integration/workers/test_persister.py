@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,8 @@ import asyncpg
 import pytest
 
 from services.workers.persister.role import PERSISTER
+from services.workers.persister.rows import message_row
+from services.workers.persister.store import STAGING_SQL, write_batch
 from shared.db.pool import connect
 from shared.events import (
     DeadLetter,
@@ -135,6 +138,27 @@ async def test_messages_and_conversations_are_stored_once_even_when_replayed(
         "WHERE external_id = 'wamid.3'"
     )
     assert tuple(stored) == ("message 3", "Ada", "text", "inbound", events[3].event_id)
+
+
+async def test_a_batch_of_new_looking_messages_already_stored_falls_back_and_counts_once(
+    db: asyncpg.Connection, wa: Integration
+) -> None:
+    """Distinct keys take the fresh insert; stored ones make it fall back, in the same
+    transaction, to the form that skips them (straight on the store, no broker)."""
+    await db.execute(STAGING_SQL)
+    stored = asyncio.get_running_loop().create_future()
+    stored.set_result(None)  # the turn: no earlier batch to wait for
+    first = [message_row(inbound(wa, n)) for n in range(5)]
+    replay = [*first, message_row(inbound(wa, 5))]  # all distinct, five stored already
+    for batch in (first, replay, replay):
+        async with db.transaction():
+            await write_batch(db, batch, [], stored)
+    assert await db.fetchval(COUNT, wa.id) == 6
+    counts = await db.fetchrow(
+        "SELECT message_count, inbound_count FROM conversations WHERE integration_id = $1",
+        wa.id,
+    )
+    assert tuple(counts) == (6, 6)
 
 
 async def test_an_edit_wins_whichever_arrives_first(
