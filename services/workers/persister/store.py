@@ -47,7 +47,9 @@ WHERE NOT EXISTS (SELECT 1 FROM channel_integrations i
 # in the batch and skips messages already stored. The fresh one inserts every staged row
 # as it is: used when the batch's keys are distinct, inside a savepoint, so a message
 # already stored (a replay) aborts it and the careful form runs instead. Nearly every
-# batch is fresh, and the fresh form costs about what a COPY into the table does.
+# batch is fresh, and the fresh form costs about what a COPY into the table does: it
+# counts conversations from the staged rows (all of them are inserted) rather than
+# from RETURNING.
 _LATEST_STAGED = """
     SELECT DISTINCT ON (tenant_id, integration_id, direction, external_id, sent_at) *
     FROM stage_messages
@@ -65,8 +67,6 @@ WITH latest AS ({latest}), written AS (
            status, status_rank, edited_at, event_id, payload, sent_at
     FROM latest
     {on_conflict}
-    RETURNING tenant_id, integration_id, channel, direction, conversation_key, sender_id,
-              sender_name, sent_at
 ), counts AS (
     SELECT tenant_id, integration_id, min(channel) AS channel, conversation_key,
            (array_agg(sender_id ORDER BY sent_at DESC)
@@ -77,7 +77,7 @@ WITH latest AS ({latest}), written AS (
            count(*) AS total,
            count(*) FILTER (WHERE direction = 'inbound') AS inbound,
            count(*) FILTER (WHERE direction = 'outbound') AS outbound
-    FROM written
+    FROM {counted}
     GROUP BY tenant_id, integration_id, conversation_key
 )
 INSERT INTO conversations AS c (
@@ -97,12 +97,17 @@ ON CONFLICT (tenant_id, integration_id, conversation_key) DO UPDATE
 """
 _INSERT_CAREFUL = _INSERT_MESSAGES.format(
     latest=_LATEST_STAGED,
-    on_conflict="ON CONFLICT (tenant_id, integration_id, direction, external_id, sent_at) "
-    "DO NOTHING",
+    on_conflict="""ON CONFLICT (tenant_id, integration_id, direction, external_id, sent_at)
+    DO NOTHING
+    RETURNING tenant_id, integration_id, channel, direction, conversation_key, sender_id,
+              sender_name, sent_at""",
+    counted="written",  # only the rows really inserted count
 )
 _INSERT_FRESH = (
     "SAVEPOINT fresh_messages;\n"
-    + _INSERT_MESSAGES.format(latest="SELECT * FROM stage_messages", on_conflict="")
+    + _INSERT_MESSAGES.format(
+        latest="SELECT * FROM stage_messages", on_conflict="", counted="stage_messages"
+    )
     + ";\nRELEASE SAVEPOINT fresh_messages;"
 )
 
