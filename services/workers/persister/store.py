@@ -34,6 +34,11 @@ CREATE TEMP TABLE IF NOT EXISTS stage_statuses (
     status_rank smallint, status_at timestamptz, platform_message_id text, errors jsonb,
     event_id uuid
 ) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_counts (
+    tenant_id uuid, integration_id uuid, channel text, conversation_key text,
+    external_user_id text, user_name text, last_message_at timestamptz, total bigint,
+    inbound bigint, outbound bigint
+) ON COMMIT DELETE ROWS;
 """
 
 _UNKNOWN_INTEGRATIONS = """
@@ -47,9 +52,25 @@ WHERE NOT EXISTS (SELECT 1 FROM channel_integrations i
 # in the batch and skips messages already stored. The fresh one inserts every staged row
 # as it is: used when the batch's keys are distinct, inside a savepoint, so a message
 # already stored (a replay) aborts it and the careful form runs instead. Nearly every
-# batch is fresh, and the fresh form costs about what a COPY into the table does: it
-# counts conversations from the staged rows (all of them are inserted) rather than
-# from RETURNING.
+# batch is fresh, and the fresh form costs about what a COPY into the table does: its
+# conversation counts come from stage_counts, filled from the staged rows (all of them
+# are inserted) before the batch's turn, rather than from RETURNING.
+# Per conversation of a batch's messages: what the conversations row adds up.
+_COUNT_CONVERSATIONS = """
+    SELECT tenant_id, integration_id, min(channel) AS channel, conversation_key,
+           (array_agg(sender_id ORDER BY sent_at DESC)
+                FILTER (WHERE direction = 'inbound'))[1] AS external_user_id,
+           (array_agg(sender_name ORDER BY sent_at DESC)
+                FILTER (WHERE direction = 'inbound' AND sender_name IS NOT NULL))[1] AS user_name,
+           max(sent_at) AS last_message_at,
+           count(*) AS total,
+           count(*) FILTER (WHERE direction = 'inbound') AS inbound,
+           count(*) FILTER (WHERE direction = 'outbound') AS outbound
+    FROM {rows}
+    GROUP BY tenant_id, integration_id, conversation_key
+"""
+# Counted while the previous batch is applied, for the fresh form.
+_STAGE_COUNTS = "INSERT INTO stage_counts" + _COUNT_CONVERSATIONS.format(rows="stage_messages")
 _LATEST_STAGED = """
     SELECT DISTINCT ON (tenant_id, integration_id, direction, external_id, sent_at) *
     FROM stage_messages
@@ -67,19 +88,7 @@ WITH latest AS ({latest}), written AS (
            status, status_rank, edited_at, event_id, payload, sent_at
     FROM latest
     {on_conflict}
-), counts AS (
-    SELECT tenant_id, integration_id, min(channel) AS channel, conversation_key,
-           (array_agg(sender_id ORDER BY sent_at DESC)
-                FILTER (WHERE direction = 'inbound'))[1] AS external_user_id,
-           (array_agg(sender_name ORDER BY sent_at DESC)
-                FILTER (WHERE direction = 'inbound' AND sender_name IS NOT NULL))[1] AS user_name,
-           max(sent_at) AS last_message_at,
-           count(*) AS total,
-           count(*) FILTER (WHERE direction = 'inbound') AS inbound,
-           count(*) FILTER (WHERE direction = 'outbound') AS outbound
-    FROM {counted}
-    GROUP BY tenant_id, integration_id, conversation_key
-)
+), counts AS ({counts})
 INSERT INTO conversations AS c (
     tenant_id, integration_id, channel, conversation_key, external_user_id, user_name,
     last_message_at, message_count, inbound_count, outbound_count)
@@ -101,12 +110,12 @@ _INSERT_CAREFUL = _INSERT_MESSAGES.format(
     DO NOTHING
     RETURNING tenant_id, integration_id, channel, direction, conversation_key, sender_id,
               sender_name, sent_at""",
-    counted="written",  # only the rows really inserted count
+    counts=_COUNT_CONVERSATIONS.format(rows="written"),  # only rows really inserted count
 )
 _INSERT_FRESH = (
     "SAVEPOINT fresh_messages;\n"
     + _INSERT_MESSAGES.format(
-        latest="SELECT * FROM stage_messages", on_conflict="", counted="stage_messages"
+        latest="SELECT * FROM stage_messages", on_conflict="", counts="SELECT * FROM stage_counts"
     )
     + ";\nRELEASE SAVEPOINT fresh_messages;"
 )
@@ -221,6 +230,15 @@ class UnknownIntegrations(Exception):
         self.pairs = pairs
 
 
+#: channel_messages_dedupe_key of a MESSAGE_COLUMNS row.
+_message_key = itemgetter(
+    *(
+        MESSAGE_COLUMNS.index(c)
+        for c in ("tenant_id", "integration_id", "direction", "external_id", "sent_at")
+    )
+)
+
+
 async def write_batch(
     conn: asyncpg.Connection,
     messages: Sequence[tuple[Any, ...]],
@@ -242,14 +260,18 @@ async def write_batch(
         )
     if statuses:
         await conn.copy_records_to_table("stage_statuses", records=statuses, columns=STATUS_COLUMNS)
-    await turn
-    touched: set[tuple[uuid.UUID, uuid.UUID, str]] = set()
+    # Python's share of the batch is done before the turn, too.
+    distinct = len({_message_key(r) for r in messages}) == len(messages)
+    edited = any(r[15] is not None for r in messages)  # edited_at
     outbound = [r for r in messages if r[3] == "outbound"]
+    touched: set[tuple[uuid.UUID, uuid.UUID, str]] = {(r[0], r[1], r[5]) for r in outbound}
+    if distinct:
+        await conn.execute(_STAGE_COUNTS)
+    await turn
     if messages:
-        await _insert_messages(conn, messages)
-        if any(r[15] is not None for r in messages):  # edited_at
+        await _insert_messages(conn, fresh=distinct)
+        if edited:
             await conn.execute(_APPLY_EDITS)
-        touched |= {(r[0], r[1], r[5]) for r in outbound}
     if statuses or outbound:  # only then can a status, new or pending, apply
         await conn.execute(_CLAIM_PENDING)
         await conn.execute(_LEARN_PLATFORM_IDS)
@@ -262,17 +284,9 @@ async def write_batch(
         )
 
 
-#: channel_messages_dedupe_key of a MESSAGE_COLUMNS row.
-_message_key = itemgetter(
-    *(
-        MESSAGE_COLUMNS.index(c)
-        for c in ("tenant_id", "integration_id", "direction", "external_id", "sent_at")
-    )
-)
-
-
-async def _insert_messages(conn: asyncpg.Connection, messages: Sequence[tuple[Any, ...]]) -> None:
-    if len({_message_key(r) for r in messages}) == len(messages):
+async def _insert_messages(conn: asyncpg.Connection, *, fresh: bool) -> None:
+    """The staged messages, by the fresh form when their keys are ``fresh`` (distinct)."""
+    if fresh:
         try:
             await conn.execute(_INSERT_FRESH)
             return
