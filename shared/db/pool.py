@@ -98,7 +98,9 @@ async def retriable_on_disconnect(pool: asyncpg.Pool | None = None) -> AsyncIter
     """Translate a lost database into RetriableError, so callers back off and retry.
 
     With ``pool``, its connections are also expired: after a server restart they are
-    all dead, and the retry must not pick one of them.
+    all dead, and the retry must not pick one of them. A transaction the database
+    rolled back on its own (a deadlock, a serialization failure) is retriable too: it
+    changed nothing and simply runs again.
     """
     from shared.errors import RetriableError
 
@@ -108,3 +110,5 @@ async def retriable_on_disconnect(pool: asyncpg.Pool | None = None) -> AsyncIter
         if pool is not None:
             await pool.expire_connections()
         raise RetriableError(f"database unavailable: {type(exc).__name__}") from exc
+    except asyncpg.TransactionRollbackError as exc:
+        raise RetriableError(f"transaction rolled back by the database: {exc.sqlstate}") from exc

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-import asyncpg
 import orjson
 from prometheus_client import Counter
 
@@ -15,7 +14,6 @@ from services.workers.consumer import Handler, Item, PoisonRecords, Turn
 from services.workers.rejects import isolating_rejects
 from services.workers.runtime import RoleSpec
 from shared.db.pool import create_pool, retriable_on_disconnect
-from shared.errors import RetriableError
 from shared.events import AuditEvent, Envelope
 from shared.kafka import EventPublisher
 from shared.settings import Settings
@@ -61,12 +59,8 @@ async def audit_handler(settings: Settings, _: EventPublisher) -> AsyncIterator[
     async def write(items: Sequence[Item], turn: Turn) -> None:
         await turn  # each chain grows from the rows earlier batches appended
         events = [i.event for i in items if isinstance(i.event, AuditEvent)]
-        async with retriable_on_disconnect(pool):
-            try:
-                async with pool.acquire() as conn, conn.transaction():
-                    done = await append(conn, events)
-            except asyncpg.TransactionRollbackError as exc:  # deadlock, serialization
-                raise RetriableError(f"audit append rolled back: {exc.sqlstate}") from exc
+        async with retriable_on_disconnect(pool), pool.acquire() as conn, conn.transaction():
+            done = await append(conn, events)  # a deadlock is retried like a lost database
         APPENDED.labels("tenant").inc(done.tenant_rows)
         APPENDED.labels("system").inc(done.system_rows)
         SKIPPED.inc(done.skipped)
