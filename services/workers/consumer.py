@@ -17,6 +17,7 @@ commits stay strictly in order.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -30,6 +31,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
+from prometheus_client import Counter
 
 from services.workers import metrics
 from shared.errors import DeadLetterError, RetriableError
@@ -193,7 +195,7 @@ class ConsumerLoop:
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
-        """Finish the batch in hand, commit it, and return from run()."""
+        """Finish the batches in hand, commit them, and return from run()."""
         self._stopping.set()
 
     async def run(self) -> None:
@@ -257,17 +259,14 @@ class ConsumerLoop:
         written can send its next statement meanwhile."""
         items: list[Item] = []
         undecodable: list[tuple[ConsumerRecord, str, str]] = []
-        per_topic: dict[str, int] = {}
         for n, r in enumerate(records, start=1):
-            per_topic[r.topic] = per_topic.get(r.topic, 0) + 1
             try:
                 items.append(Item(r, decode(r.value or b"")))
             except DeadLetterError as exc:
                 undecodable.append((r, str(exc), "undecodable"))
             if n % 250 == 0:
                 await asyncio.sleep(0)
-        for topic, count in per_topic.items():
-            metrics.CONSUMED.labels(self.role, topic).inc(count)
+        self._count(metrics.CONSUMED, records)
         return items, undecodable
 
     async def _write(
@@ -359,12 +358,13 @@ class ConsumerLoop:
                     return False
                 owned = self.consumer.assignment()  # a rebalance may have moved some
                 offsets = {tp: o for tp, o in offsets.items() if tp in owned}
-        per_topic: dict[str, int] = {}
-        for r in records:
-            per_topic[r.topic] = per_topic.get(r.topic, 0) + 1
-        for topic, count in per_topic.items():
-            metrics.PROCESSED.labels(self.role, topic).inc(count)
+        self._count(metrics.PROCESSED, records)
         return True
+
+    def _count(self, counter: Counter, records: list[ConsumerRecord]) -> None:
+        """Add the records to a per-role, per-topic counter."""
+        for topic, count in collections.Counter(r.topic for r in records).items():
+            counter.labels(self.role, topic).inc(count)
 
     async def _back_off(self, what: str, size: int, exc: BaseException, attempt: int) -> bool:
         """Wait before retry ``attempt``; False when stopping instead.

@@ -7,20 +7,16 @@ matching, the turn record and publishing the replies.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from services.workers import metrics
 from services.workers.agent.role import AGENT
-from services.workers.runtime import run_role
 from shared.db.pool import connect
 from shared.events import MessageInbound
 from shared.integrations import Integration
 from shared.settings import Settings
 from tests.bench.persister import _integration, _produce
-from tests.bench.stack import own_topics
+from tests.bench.stack import own_topics, timed_role
 from tests.support import activate_demo_flow
 
 MESSAGES = 4_000
@@ -54,22 +50,7 @@ async def agent_rate(settings: Settings) -> float:
     settings = settings.model_copy(
         update={"consumer_group_prefix": f"bench-{uuid.uuid4().hex[:6]}-"}
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_role(AGENT, settings, stop=stop))
-    consumed = metrics.CONSUMED.labels(AGENT.name, topics.inbound)
-    processed = metrics.PROCESSED.labels(AGENT.name, topics.inbound)
-    try:
-        while consumed._value.get() == 0:
-            await asyncio.sleep(0.001)
-        started = time.perf_counter()
-        while processed._value.get() < MESSAGES:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.001)
-        elapsed = time.perf_counter() - started
-    finally:
-        stop.set()
-        await task
+    elapsed = await timed_role(AGENT, settings, topics.inbound, MESSAGES)
     conn = await connect(settings.require_database_url())
     try:
         turns = await conn.fetchval(

@@ -13,17 +13,15 @@ from datetime import UTC, datetime, timedelta
 
 from aiokafka import AIOKafkaConsumer
 
-from services.workers import metrics
 from services.workers.persister.role import PERSISTER
 from services.workers.persister.rows import MESSAGE_COLUMNS, message_row
-from services.workers.runtime import run_role
 from shared.crypto import CredentialCipher, new_key, parse_key
 from shared.db.pool import connect, create_pool
 from shared.events import MessageInbound, Topics, decode
 from shared.integrations import Integration, IntegrationStore
 from shared.kafka import EventPublisher, create_producer
 from shared.settings import Settings
-from tests.bench.stack import own_topics
+from tests.bench.stack import own_topics, timed_role
 
 EVENTS = 50_000
 PER_ROW_EVENTS = 5_000
@@ -88,21 +86,7 @@ async def persister_rate(settings: Settings) -> float:
     settings, topics = await own_topics(settings, "p")
     integration = await _integration(settings)
     await _produce(settings, topics, _events(integration, EVENTS))
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_role(PERSISTER, settings, stop=stop))
-    consumed = metrics.CONSUMED.labels(PERSISTER.name, topics.inbound)
-    processed = metrics.PROCESSED.labels(PERSISTER.name, topics.inbound)
-    try:
-        # From the first record the role fetched (group join excluded) to the last commit.
-        while consumed._value.get() == 0:
-            await asyncio.sleep(0.001)
-        started = time.perf_counter()
-        while processed._value.get() < EVENTS:
-            await asyncio.sleep(0.001)
-        elapsed = time.perf_counter() - started
-    finally:
-        stop.set()
-        await task
+    elapsed = await timed_role(PERSISTER, settings, topics.inbound, EVENTS)
     assert await _count(settings, integration) == EVENTS
     print(f"persister: {EVENTS} rows in {elapsed:.2f}s")
     return EVENTS / elapsed

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +12,8 @@ from pathlib import Path
 
 from services.stack.broker import EmbeddedBroker
 from services.stack.postgres import EmbeddedPostgres
+from services.workers import metrics
+from services.workers.runtime import RoleSpec, run_role
 from shared.db.migrations import MigrationRunner
 from shared.events import Topics
 from shared.kafka import ensure_topics
@@ -48,3 +52,26 @@ async def own_topics(settings: Settings, name: str) -> tuple[Settings, Topics]:
     topics = Topics(f"{name}{uuid.uuid4().hex[:6]}.")
     await ensure_topics(settings.require_kafka(), topics.all(), partitions=6)
     return settings.model_copy(update={"topic_prefix": topics.prefix}), topics
+
+
+async def timed_role(spec: RoleSpec, settings: Settings, topic: str, count: int) -> float:
+    """Seconds one member of ``spec`` takes from the first record it fetched (group join
+    excluded) until ``count`` records of ``topic`` are processed and committed."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_role(spec, settings, stop=stop))
+    consumed = metrics.CONSUMED.labels(spec.name, topic)
+    processed = metrics.PROCESSED.labels(spec.name, topic)
+    try:
+        while consumed._value.get() == 0:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.001)
+        started = time.perf_counter()
+        while processed._value.get() < count:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.001)
+        return time.perf_counter() - started
+    finally:
+        stop.set()
+        await task
